@@ -1,0 +1,1 @@
+"""Evaluation of finetuned models: generation, pairwise judging, AlpacaEval, Open LLM benchmarks."""

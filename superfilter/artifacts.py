@@ -1,0 +1,113 @@
+"""Content-addressed stage folders: key = hash of what a stage reads; atomic completion; a file lock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    cached: bool
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def stage_key(stage: str, version: int, params: dict[str, Any], upstream: Sequence[Artifact] = ()) -> str:
+    """sha256 of (stage, version, the config parts the stage reads, upstream keys)."""
+    payload = {"stage": stage, "version": version, "params": params, "upstream": [a.key for a in upstream]}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def stage_dir(root: Path, stage: str, key: str) -> Path:
+    return Path(root) / stage / key[:12]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so a reader sees either the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str, allow_nan=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_artifact(root: Path, stage: str, key: str) -> Artifact | None:
+    path = stage_dir(root, stage, key)
+    if not (path / SUCCESS).exists():
+        return None
+    metrics_file = path / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.exists() else {}
+    return Artifact(stage, key, path, cached=True, metrics=metrics)
+
+
+def run_stage(
+    root: Path,
+    stage: str,
+    version: int,
+    params: dict[str, Any],
+    upstream: Sequence[Artifact],
+    build: Callable[[Path], dict[str, Any]],
+) -> Artifact:
+    """Return the stage's artifact, building it only if no completed folder with the same key exists.
+
+    Build happens in `<dir>.partial/`, which survives a crash so the stage can resume inside it;
+    config.json, metrics.json, then `_SUCCESS` are written before the folder is renamed into place.
+    Check → lock → check again, so parallel sweep jobs wait for one build instead of repeating it.
+    """
+    key = stage_key(stage, version, params, upstream)
+    final = stage_dir(root, stage, key)
+    if (found := load_artifact(root, stage, key)) is not None:
+        log.info("%s: cache hit %s", stage, final)
+        return found
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if (found := load_artifact(root, stage, key)) is not None:
+            log.info("%s: built by another job meanwhile, %s", stage, final)
+            return found
+        if final.exists():  # a folder without _SUCCESS cannot be trusted
+            shutil.rmtree(final)
+        partial = Path(str(final) + PARTIAL_SUFFIX)
+        if partial.exists():
+            log.info("%s: resuming in %s", stage, partial)
+        partial.mkdir(exist_ok=True)
+        write_json_atomic(
+            partial / "config.json",
+            {"stage": stage, "version": version, "key": key, "params": params,
+             "upstream": {a.stage: {"key": a.key, "path": str(a.path)} for a in upstream}},
+        )
+        metrics = build(partial)
+        write_json_atomic(partial / "metrics.json", metrics)
+        (partial / SUCCESS).touch()
+        os.replace(partial, final)
+    log.info("%s: built %s", stage, final)
+    return Artifact(stage, key, final, cached=False, metrics=metrics)

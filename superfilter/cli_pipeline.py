@@ -1,0 +1,38 @@
+"""Glue between Hydra and the pipeline: typed config, thread settings, run_summary.json, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from superfilter.artifacts import write_json_atomic
+from superfilter.config import to_config
+from superfilter.errors import UserError
+
+log = logging.getLogger("superfilter")
+
+
+def run_from_hydra(cfg: DictConfig) -> dict:
+    from superfilter import pipeline
+
+    try:
+        config = to_config(cfg)
+        if config.runtime.num_threads:
+            torch.set_num_threads(config.runtime.num_threads)
+        summary = pipeline.run(config)
+    except UserError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(HydraConfig.get().runtime.output_dir) / "run_summary.json"
+    summary["overrides"] = list(HydraConfig.get().overrides.task)
+    write_json_atomic(out, summary)
+    for stage, info in summary["stages"].items():
+        log.info("%-16s %s %s", stage, "cached" if info["cache_hit"] else "built ", info["path"])
+    log.info("run summary: %s", out)
+    return summary

@@ -1,0 +1,149 @@
+"""The stages as plain functions over artifacts, and `run(cfg)` that chains the ones asked for."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from superfilter import artifacts
+from superfilter.artifacts import Artifact
+from superfilter.config import Config, as_dict
+from superfilter.data import file_digest, load_examples, resolve_path, write_examples
+from superfilter.models import ModelConfig
+from superfilter.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+# Bump a stage's version when its code changes what it computes: old artifacts then stop matching.
+VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 1, "eval": 1}
+MODEL_LABELS = ("name", "attn_implementation")  # change nothing a model computes
+
+
+def key_params(obj: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config fields that decide a stage's result: runtime-only fields and labels are left out."""
+    params = as_dict(obj)
+    for name in (*getattr(type(obj), "RUNTIME_FIELDS", ()), *drop):
+        params.pop(name, None)
+    return params
+
+
+def model_params(model: ModelConfig) -> dict[str, Any]:
+    return key_params(model, drop=MODEL_LABELS)
+
+
+def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifact], build) -> Artifact:
+    def tracked_build(out_dir: Path) -> dict[str, Any]:
+        with stage_run(cfg.tracking, name, params, group=cfg.name, root=Path(cfg.artifact_root)) as run:
+            metrics = build(out_dir, run)
+            run.summary(metrics)
+        return metrics
+
+    return artifacts.run_stage(Path(cfg.artifact_root), name, VERSIONS[name], params, upstream, tracked_build)
+
+
+def prepare(cfg: Config) -> Artifact:
+    params = key_params(cfg.data, drop=("name", "path"))
+    if cfg.data.path:  # content, not location, decides the key: a moved file stays a cache hit
+        params["file_sha256"] = file_digest(resolve_path(cfg.data.path))
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        examples, report = load_examples(cfg.data)
+        write_examples(examples, out_dir / "examples.jsonl")
+        return {"data": cfg.data.name, **as_dict(report)}
+
+    return _stage(cfg, "prepare", params, [], build)
+
+
+def score(cfg: Config, examples: Artifact, model: ModelConfig) -> Artifact:
+    from superfilter.scoring import score_stage
+
+    params = {"model": model_params(model), "score": key_params(cfg.score)}
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        return score_stage(examples.path / "examples.jsonl", model, cfg.score, cfg.runtime, out_dir, run)
+
+    return _stage(cfg, "score", params, [examples], build)
+
+
+def select(cfg: Config, examples: Artifact, scores: Artifact | None) -> Artifact:
+    from superfilter.selection import select_stage
+
+    params = {"filter": key_params(cfg.filter), "ratio": cfg.ratio, "seed": cfg.seed}
+    upstream = [examples] + ([scores] if scores is not None else [])
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        scores_path = scores.path / "scores.parquet" if scores is not None else None
+        return select_stage(examples.path / "examples.jsonl", scores_path, cfg.filter, cfg.ratio, cfg.seed,
+                            cfg.runtime, out_dir, run)
+
+    return _stage(cfg, "select", params, upstream, build)
+
+
+def train(cfg: Config, subset: Artifact) -> Artifact:
+    from train.sft import train_stage
+
+    params = {"model": model_params(cfg.model.strong), "train": key_params(cfg.train), "seed": cfg.seed}
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        return train_stage(subset.path / "subset.jsonl", cfg.model.strong, cfg.train, cfg.seed, cfg.runtime,
+                           out_dir, run)
+
+    return _stage(cfg, "train", params, [subset], build)
+
+
+def evaluate(cfg: Config, trained: Artifact, reference: Artifact | None) -> Artifact:
+    from eval.stage import eval_stage
+
+    params = {"eval": key_params(cfg.eval)}
+    upstream = [trained] + ([replace(reference, stage="reference")] if reference is not None else [])
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        return eval_stage(trained.path, reference.path if reference else None, cfg.eval, cfg.runtime,
+                          out_dir, run)
+
+    return _stage(cfg, "eval", params, upstream, build)
+
+
+def scores_for_selection(cfg: Config, examples: Artifact) -> Artifact | None:
+    if cfg.filter.scorer == "none":
+        return None
+    model = cfg.model.strong if cfg.filter.scorer == "strong" else cfg.model.weak
+    return score(cfg, examples, model)
+
+
+def trained_model(cfg: Config, examples: Artifact) -> Artifact:
+    return train(cfg, select(cfg, examples, scores_for_selection(cfg, examples)))
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
+    done: dict[str, Artifact] = {}
+    examples = done["prepare"] = prepare(cfg)
+    wanted = set(cfg.stages)
+    if "score" in wanted:
+        done["score"] = score(cfg, examples, cfg.model.weak)
+    if wanted & {"select", "train", "eval"}:
+        scores = scores_for_selection(cfg, examples)
+        if scores is not None:
+            done["score" if cfg.filter.scorer == "weak" else "score_strong"] = scores
+        done["select"] = select(cfg, examples, scores)
+    if wanted & {"train", "eval"}:
+        done["train"] = train(cfg, done["select"])
+    if "eval" in wanted:
+        reference = None
+        if cfg.eval.reference == "full" and cfg.filter.name != "full":
+            full = replace(cfg, filter=replace(cfg.filter, name="full", scorer="none"), ratio=1.0)
+            done["train_reference"] = reference = trained_model(full, examples)
+        done["eval"] = evaluate(cfg, done["train"], reference)
+    return summarize(done)
+
+
+def summarize(done: dict[str, Artifact]) -> dict[str, Any]:
+    return {
+        "stages": {
+            name: {"path": str(a.path), "key": a.key, "cache_hit": a.cached, "metrics": a.metrics}
+            for name, a in done.items()
+        }
+    }

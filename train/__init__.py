@@ -1,0 +1,1 @@
+"""Supervised finetuning of the strong model on the selected subset (accelerate + peft)."""
