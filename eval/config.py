@@ -13,4 +13,4 @@ class EvalConfig:
     name: str = "default"
     suites: list[str] = field(default_factory=lambda: ["pairwise", "open_llm"])
     limit: int = 0
-    reference: str = "full"  # the pairwise partner: full (same strong model on 100% of the data) | none
+    reference: str = "full"  # pairwise partner, same strong model trained on: full (100%, the paper) | random (same budget) | none

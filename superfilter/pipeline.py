@@ -133,9 +133,11 @@ def run(cfg: Config) -> dict[str, Any]:
         done["train"] = train(cfg, done["select"])
     if "eval" in wanted:
         reference = None
-        if cfg.eval.reference == "full" and cfg.filter.name != "full":
-            full = replace(cfg, filter=replace(cfg.filter, name="full", scorer="none"), ratio=1.0)
-            done["train_reference"] = reference = trained_model(full, examples)
+        if cfg.eval.reference != "none" and cfg.eval.reference != cfg.filter.name:
+            partner = replace(cfg, filter=replace(cfg.filter, name=cfg.eval.reference, scorer="none"))
+            if cfg.eval.reference == "full":
+                partner = replace(partner, ratio=1.0)
+            done["train_reference"] = reference = trained_model(partner, examples)
         done["eval"] = evaluate(cfg, done["train"], reference)
     return summarize(done)
 
