@@ -33,6 +33,18 @@ def model_params(model: ModelConfig) -> dict[str, Any]:
     return key_params(model, drop=MODEL_LABELS)
 
 
+def score_params(cfg: Config, model: ModelConfig) -> dict[str, Any]:
+    return {"model": model_params(model), "score": key_params(cfg.score)}
+
+
+def select_params(cfg: Config) -> dict[str, Any]:
+    return {"filter": key_params(cfg.filter), "ratio": cfg.ratio, "seed": cfg.seed}
+
+
+def train_params(cfg: Config) -> dict[str, Any]:
+    return {"model": model_params(cfg.model.strong), "train": key_params(cfg.train), "seed": cfg.seed}
+
+
 def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifact], build) -> Artifact:
     def tracked_build(out_dir: Path) -> dict[str, Any]:
         with stage_run(cfg.tracking, name, params, group=cfg.name, root=Path(cfg.artifact_root)) as run:
@@ -59,7 +71,7 @@ def prepare(cfg: Config) -> Artifact:
 def score(cfg: Config, examples: Artifact, model: ModelConfig) -> Artifact:
     from superfilter.scoring import score_stage
 
-    params = {"model": model_params(model), "score": key_params(cfg.score)}
+    params = score_params(cfg, model)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
         return score_stage(examples.path / "examples.jsonl", model, cfg.score, cfg.runtime, out_dir, run)
@@ -70,7 +82,7 @@ def score(cfg: Config, examples: Artifact, model: ModelConfig) -> Artifact:
 def select(cfg: Config, examples: Artifact, scores: Artifact | None) -> Artifact:
     from superfilter.selection import select_stage
 
-    params = {"filter": key_params(cfg.filter), "ratio": cfg.ratio, "seed": cfg.seed}
+    params = select_params(cfg)
     upstream = [examples] + ([scores] if scores is not None else [])
 
     def build(out_dir: Path, run) -> dict[str, Any]:
@@ -84,7 +96,7 @@ def select(cfg: Config, examples: Artifact, scores: Artifact | None) -> Artifact
 def train(cfg: Config, subset: Artifact) -> Artifact:
     from train.sft import train_stage
 
-    params = {"model": model_params(cfg.model.strong), "train": key_params(cfg.train), "seed": cfg.seed}
+    params = train_params(cfg)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
         return train_stage(subset.path / "subset.jsonl", cfg.model.strong, cfg.train, cfg.seed, cfg.runtime,

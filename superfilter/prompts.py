@@ -100,7 +100,7 @@ def render(example: Example, template: str, tokenizer: Any = None) -> list[Segme
     if template == "chat":
         segments = []
         rendered = ""
-        for i, (u, a) in enumerate(all_turns):
+        for i, (u, _reply) in enumerate(all_turns):
             prompt = chat_prompt(tokenizer, all_turns[:i], u, example.system)
             full = _chat_full(tokenizer, all_turns[: i + 1], example.system)
             if not (prompt.startswith(rendered) and full.startswith(prompt)):

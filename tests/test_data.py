@@ -95,13 +95,17 @@ def test_limit_and_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("content", "suffix", "message"),
     [
-        ('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n', ".jsonl", r"x\.jsonl:2: invalid JSON"),
-        ('[\n {"instruction": "a", "output": "b"},\n {"instruction": "c"}\n]', ".json", r"x\.json:3: missing field 'output'"),
+        ('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n', ".jsonl",
+         r"x\.jsonl:2: invalid JSON"),
+        ('[\n {"instruction": "a", "output": "b"},\n {"instruction": "c"}\n]', ".json",
+         r"x\.json:3: missing field 'output'"),
         ('{"instruction": "a", "output": 3}\n', ".jsonl", r"x\.jsonl:1: field 'output' must be a string, got int"),
-        ('[\n {"instruction": "a", "output": "b"}\n {"instruction": "c", "output": "d"}]', ".json", r"x\.json:3: invalid JSON"),
+        ('[\n {"instruction": "a", "output": "b"}\n {"instruction": "c", "output": "d"}]', ".json",
+         r"x\.json:3: invalid JSON"),
         ("", ".jsonl", r"x\.jsonl: file is empty"),
         ("[]", ".json", r"x\.json: no records"),
-        ('{"conversations": [{"from": "gpt", "value": "hi"}]}\n', ".jsonl", r"x\.jsonl:1: .*assistant turn without a user"),
+        ('{"conversations": [{"from": "gpt", "value": "hi"}]}\n', ".jsonl",
+         r"x\.jsonl:1: .*assistant turn without a user"),
         ('["just a string"]', ".json", r"x\.json:1: record must be a JSON object"),
     ],
 )
