@@ -38,7 +38,9 @@ def score_params(cfg: Config, model: ModelConfig) -> dict[str, Any]:
 
 
 def select_params(cfg: Config) -> dict[str, Any]:
-    return {"filter": key_params(cfg.filter), "ratio": cfg.ratio, "seed": cfg.seed}
+    # `full` takes everything whatever the ratio: one key, so a sweep trains the 100% model once.
+    ratio = 1.0 if cfg.filter.name == "full" else cfg.ratio
+    return {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
 
 
 def train_params(cfg: Config) -> dict[str, Any]:

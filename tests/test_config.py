@@ -76,3 +76,4 @@ def test_stage_keys_ignore_runtime_settings_and_track_semantic_ones():
     assert key_of(make("ratio=0.05"), "select") != key_of(base, "select")
     assert key_of(make("seed=1"), "select") != key_of(base, "select")
     assert key_of(make("model/strong=tiny"), "train") != key_of(base, "train")
+    assert key_of(make("filter=full", "ratio=0.05"), "select") == key_of(make("filter=full"), "select")
