@@ -12,6 +12,7 @@ from superfilter.artifacts import Artifact
 from superfilter.config import Config, as_dict
 from superfilter.data import file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
+from superfilter.selection import SelectConfig
 from superfilter.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,10 @@ def run(cfg: Config) -> dict[str, Any]:
     if "eval" in wanted:
         reference = None
         if cfg.eval.reference != "none" and cfg.eval.reference != cfg.filter.name:
-            partner = replace(cfg, filter=replace(cfg.filter, name=cfg.eval.reference, scorer="none"))
+            # Defaults for everything but the budget, so the partner shares its key with `filter=<name>` runs.
+            partner_filter = SelectConfig(name=cfg.eval.reference, scorer="none", count=cfg.filter.count,
+                                          base=cfg.filter.base)
+            partner = replace(cfg, filter=partner_filter)
             if cfg.eval.reference == "full":
                 partner = replace(partner, ratio=1.0)
             done["train_reference"] = reference = trained_model(partner, examples)
