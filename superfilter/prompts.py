@@ -120,15 +120,13 @@ def _chat_full(tokenizer: Any, all_turns: Sequence[tuple[str, str]], system: str
 
 def generation_prompt(
     instruction: str, template: str, tokenizer: Any = None,
-    history: Sequence[tuple[str, str]] = (), system: str = "",
+    history: Sequence[tuple[str, str]] = (), system: str = "", input: str = "",
 ) -> str:
     """The text a finetuned model continues at evaluation: the training template up to the reply."""
-    example = Example.create(instruction, "", "", history, system)
-    segments = render(example, template, tokenizer) if template != "chat" else None
-    if segments is None:
-        return chat_prompt(tokenizer, list(history), instruction, system)
-    prompt = "".join(s.text for s in segments[:-1])
-    return prompt
+    if template == "chat":
+        return chat_prompt(tokenizer, list(history), user_text(instruction, input), system)
+    example = Example.create(instruction, input, "", history, system)
+    return "".join(s.text for s in render(example, template, tokenizer)[:-1])
 
 
 def _eos(tokenizer: Any) -> str:
