@@ -1,24 +1,398 @@
-"""Selectors (a registry): score table + examples + budget → the chosen subset."""
+"""Selectors (a registry): score table + examples + budget → the chosen subset, with its metrics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from superfilter.runtime import RuntimeConfig
+import numpy as np
+import pandas as pd
+
+from superfilter.data import Example, read_examples
+from superfilter.errors import ConfigError, DataError
+from superfilter.models import ModelConfig
+from superfilter.runtime import RuntimeConfig, resolve_device
 from superfilter.tracking import StageRun
+
+log = logging.getLogger(__name__)
+
+SCORERS = ("weak", "strong", "none")
+BUDGET_BASES = ("pool", "survivors")
+ENDS = ("high", "low")
+SCORE_COLUMNS = ("id", "n_prompt_tokens", "n_response_tokens", "loss_direct", "loss_conditioned", "ppl_direct",
+                 "ppl_conditioned", "ifd", "skip_reason")
+TABLE_ROWS = 10  # top and bottom examples shown in the tracker's table
+TEXT_PREVIEW_CHARS = 300
+# A ratio × size product such as 0.29 × 100 = 28.999999999999996 must floor to 29, not 28.
+BUDGET_EPSILON = 1e-9
 
 
 @dataclass
 class SelectConfig:
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ()
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size",)
 
     name: str = "superfilter"
-    scorer: str = "weak"  # which model's scores the selector reads: weak | strong (self_ifd)
-    threshold: float = 1.0
+    scorer: str = "weak"  # which model's scores the selector reads: weak | strong (self_ifd) | none
+    threshold: float = 1.0  # IFD selectors keep IFD < threshold (IFD > 1: the instruction does not help)
+    keep_equal: bool = False  # also keep IFD == threshold (Cherry LLM keeps IFD <= 1)
+    budget_of: str = "pool"  # the ratio applies to all records (pool) or to those left after the threshold
     count: int = 0  # exact budget; 0 = use the top-level ratio
     base: int = 0  # budget = int(base × ratio), e.g. 52002 to reproduce the authors' Alpaca sizes
+    end: str = "high"  # perplexity: keep the highest (high) or lowest (low) conditioned perplexity
+    pool_ratio: float = 0.2  # superfilter_d: facility location runs on this top share of the data by IFD
+    embedder: str = "minilm"  # superfilter_d, kmeans: minilm (all-MiniLM-L6-v2) | weak (embed_model's hidden state)
+    # The model behind embedder=weak (a ModelConfig); typed Any so that a filter file can say ${model.weak}.
+    embed_model: Any = None
+    similarity: str = "euclidean"  # facility location: euclidean (submodlib's exp(-d/dim)) | cosine
+    dense_max: int = 12_000  # facility location on more rows than this uses a sparse k-NN similarity
+    n_neighbors: int = 100  # neighbours per row in the sparse similarity
+    n_clusters: int = 100  # kmeans: clusters the budget is spread over
+    embed_batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.name not in SELECTORS:
+            raise ConfigError(f"filter.name must be one of {sorted(SELECTORS)}, got {self.name!r}")
+        spec = SELECTORS[self.name]
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"filter.scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if spec.needs_scores and self.scorer == "none":
+            raise ConfigError(f"filter={self.name} reads IFD/perplexity scores: set filter.scorer=weak or strong")
+        if self.count < 0 or self.base < 0:
+            raise ConfigError(f"filter.count and filter.base must be >= 0, got {self.count}, {self.base}")
+        if self.count and self.base:
+            raise ConfigError("set at most one of filter.count (exact size) and filter.base (int(base × ratio))")
+        if self.budget_of not in BUDGET_BASES:
+            raise ConfigError(f"filter.budget_of must be one of {BUDGET_BASES}, got {self.budget_of!r}")
+        if self.end not in ENDS:
+            raise ConfigError(f"filter.end must be one of {ENDS}, got {self.end!r}")
+        if not 0.0 < self.pool_ratio <= 1.0:
+            raise ConfigError(f"filter.pool_ratio must be in (0, 1], got {self.pool_ratio}")
+        if self.embedder not in ("minilm", "weak"):
+            raise ConfigError(f"filter.embedder must be minilm or weak, got {self.embedder!r}")
+        if self.embedder == "weak" and spec.needs_embeddings and not isinstance(self.embed_model, ModelConfig):
+            raise ConfigError("filter.embedder=weak needs filter.embed_model (the filter files set ${model.weak})")
+        if self.similarity not in ("euclidean", "cosine"):
+            raise ConfigError(f"filter.similarity must be euclidean or cosine, got {self.similarity!r}")
+        if self.n_neighbors < 2 or self.n_clusters < 1 or self.dense_max < 0 or self.embed_batch_size < 1:
+            raise ConfigError("filter.n_neighbors >= 2, n_clusters >= 1, dense_max >= 0, embed_batch_size >= 1")
+
+
+# ---------------------------------------------------------------- the candidate table
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    scores = pd.read_parquet(path)
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}")
+    duplicated = scores["id"][scores["id"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{path}: {len(duplicated)} duplicate ids, e.g. {duplicated.iloc[0]!r}")
+    return scores
+
+
+def candidate_table(examples: Sequence[Example], scores: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per example, sorted by id (the tie-breaker everywhere): text lengths, plus the scores if any."""
+    table = pd.DataFrame({
+        "id": [ex.id for ex in examples],
+        "instruction_chars": [len(ex.prompt) for ex in examples],
+        "response_chars": [len(ex.output) for ex in examples],
+        "has_input": [bool(ex.input.strip()) for ex in examples],
+    })
+    if table["id"].duplicated().any():
+        raise DataError("examples: duplicate ids (prepare drops exact duplicates; was the file edited?)")
+    if scores is not None:
+        known = set(table["id"])
+        foreign = [i for i in scores["id"] if i not in known]
+        if foreign:
+            raise DataError(f"scores: {len(foreign)} ids are not in the examples, e.g. {foreign[0]!r}")
+        if len(scores) != len(table):
+            raise DataError(f"scores: {len(table) - len(scores)} of {len(table)} examples have no score row")
+        table = table.merge(scores, on="id", how="left", validate="one_to_one")
+    return table.sort_values("id", kind="mergesort").reset_index(drop=True)
+
+
+def scored(table: pd.DataFrame, column: str) -> pd.Series:
+    """Rows with a usable value in `column`: finite and not skipped by scoring (NaN/skip rows are never chosen)."""
+    ok = np.isfinite(table[column].to_numpy(dtype=float))
+    if "skip_reason" in table:
+        reason = table["skip_reason"]
+        ok &= (reason.isna() | (reason.astype(str) == "")).to_numpy()
+    return pd.Series(ok, index=table.index)
+
+
+def below_threshold(table: pd.DataFrame, cfg: SelectConfig) -> pd.DataFrame:
+    ifd = table["ifd"]
+    keep = (ifd <= cfg.threshold) if cfg.keep_equal else (ifd < cfg.threshold)
+    return table[scored(table, "ifd") & keep]
+
+
+def ranked_ids(table: pd.DataFrame, column: str, descending: bool) -> list[str]:
+    """Ids by `column`, ties broken by id, so the order never depends on file order or sort stability."""
+    ordered = table.sort_values([column, "id"], ascending=[not descending, True], kind="mergesort")
+    return ordered["id"].tolist()
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def budget_size(n: int, ratio: float, count: int = 0, base: int = 0) -> int:
+    """count if set, else floor(base × ratio) (the authors' int(52002 × rate)), else floor(n × ratio)."""
+    if count:
+        return count
+    return math.floor((base or n) * ratio + BUDGET_EPSILON)
+
+
+@dataclass
+class Choice:
+    ids: list[str]  # the chosen ids, best first (selection order)
+    requested: int  # the budget asked for
+    available: int  # records the selector could choose from (after thresholds and skips)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Embed = Callable[[list[str]], np.ndarray]  # ids → one L2-normalised row per id
+
+
+def take(ranked: list[str], requested: int, available: int, **details: Any) -> Choice:
+    return Choice(ranked[:requested], requested, available, details)
+
+
+def ratio_budget(cfg: SelectConfig, ratio: float, n_all: int, n_survivors: int) -> int:
+    return budget_size(n_all if cfg.budget_of == "pool" else n_survivors, ratio, cfg.count, cfg.base)
+
+
+# ---------------------------------------------------------------- the selectors
+
+
+def select_ifd(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
+    """Superfiltering (and self_ifd): IFD below the threshold, highest first."""
+    survivors = below_threshold(table, cfg)
+    requested = ratio_budget(cfg, ratio, len(table), len(survivors))
+    return take(ranked_ids(survivors, "ifd", descending=True), requested, len(survivors))
+
+
+def select_ifd_diverse(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int,
+                       embed: Embed | None) -> Choice:
+    """Superfiltering.D: the top pool_ratio by IFD (below the threshold), then facility location to the budget."""
+    from superfilter.facility import facility_location
+
+    if embed is None:
+        raise ValueError("superfilter_d needs an embedder")
+    survivors = below_threshold(table, cfg)
+    # The pool is a share of the data (the authors: 10,400 = 20% of 52,002), never the exact-count budget.
+    pool_basis = len(table) if cfg.budget_of == "pool" else len(survivors)
+    pool_size = budget_size(pool_basis, cfg.pool_ratio, base=cfg.base)
+    pool = ranked_ids(survivors, "ifd", descending=True)[:pool_size]
+    requested = ratio_budget(cfg, ratio, len(table), len(survivors))
+    k = min(requested, len(pool))
+    details: dict[str, Any] = {"pool_requested": pool_size, "pool_size": len(pool)}
+    if k == 0:
+        return Choice([], requested, len(pool), details)
+    result = facility_location(embed(pool), k, cfg.similarity, cfg.dense_max, cfg.n_neighbors)
+    details.update(similarity_mode=result.mode, n_neighbors=result.n_neighbors, objective=result.objective)
+    return Choice([pool[i] for i in result.order], requested, len(pool), details)
+
+
+def select_perplexity(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int,
+                      embed: Embed | None) -> Choice:
+    """The paper's "perplexity only" ablation: conditioned PPL, the high (or low) end."""
+    usable = table[scored(table, "ppl_conditioned")]
+    requested = ratio_budget(cfg, ratio, len(table), len(usable))
+    return take(ranked_ids(usable, "ppl_conditioned", descending=cfg.end == "high"), requested, len(usable))
+
+
+def select_length(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
+    """Longest responses (in characters, so it needs no scores): the baseline IFD is said to track."""
+    requested = ratio_budget(cfg, ratio, len(table), len(table))
+    return take(ranked_ids(table, "response_chars", descending=True), requested, len(table))
+
+
+def select_random(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
+    """A seeded permutation of the id-sorted records: smaller budgets are prefixes of larger ones."""
+    requested = ratio_budget(cfg, ratio, len(table), len(table))
+    order = np.random.default_rng(seed).permutation(len(table))
+    return take(table["id"].to_numpy()[order].tolist(), requested, len(table))
+
+
+def spread_budget(sizes: Sequence[int], budget: int) -> list[int]:
+    """As equal a share per cluster as the cluster sizes allow (water filling); leftovers go to lower indices."""
+    quota = [0] * len(sizes)
+    left = min(budget, sum(sizes))
+    while left:
+        open_clusters = [c for c, size in enumerate(sizes) if quota[c] < size]
+        share = max(1, left // len(open_clusters))
+        for c in open_clusters:
+            add = min(share, sizes[c] - quota[c], left)
+            quota[c] += add
+            left -= add
+            if not left:
+                break
+    return quota
+
+
+def select_kmeans(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
+    """Diversity only (the paper's k-means ablation): k-means on embeddings, the budget spread evenly over the
+    clusters, a seeded random draw inside each (with one cluster this is the random baseline)."""
+    from sklearn.cluster import KMeans
+
+    if embed is None:
+        raise ValueError("kmeans needs an embedder")
+    requested = ratio_budget(cfg, ratio, len(table), len(table))
+    ids = table["id"].tolist()
+    n_clusters = max(1, min(cfg.n_clusters, requested, len(ids)))
+    if requested == 0:
+        return Choice([], 0, len(ids), {"n_clusters": 0})
+    labels = KMeans(n_clusters=n_clusters, random_state=seed, n_init=1).fit_predict(embed(ids))
+    members = [[i for i, label in enumerate(labels) if label == c] for c in range(n_clusters)]
+    quota = spread_budget([len(m) for m in members], requested)
+    rng = np.random.default_rng(seed)
+    picked = [[ids[i] for i in rng.permutation(m)[:q]] for m, q in zip(members, quota, strict=True)]
+    # Round-robin over clusters, so any prefix of the result is itself spread over the clusters.
+    chosen = [group[r] for r in range(max(quota, default=0)) for group in picked if r < len(group)]
+    return Choice(chosen, requested, len(ids), {"n_clusters": n_clusters})
+
+
+def select_full(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
+    """Every record: the 100% baseline (the ratio is ignored)."""
+    return take(table["id"].tolist(), len(table), len(table))
+
+
+@dataclass(frozen=True)
+class SelectorSpec:
+    select: Callable[[pd.DataFrame, SelectConfig, float, int, Embed | None], Choice]
+    needs_scores: bool
+    needs_embeddings: bool
+
+
+SELECTORS: dict[str, SelectorSpec] = {
+    "superfilter": SelectorSpec(select_ifd, needs_scores=True, needs_embeddings=False),
+    "self_ifd": SelectorSpec(select_ifd, needs_scores=True, needs_embeddings=False),
+    "superfilter_d": SelectorSpec(select_ifd_diverse, needs_scores=True, needs_embeddings=True),
+    "perplexity": SelectorSpec(select_perplexity, needs_scores=True, needs_embeddings=False),
+    "length": SelectorSpec(select_length, needs_scores=False, needs_embeddings=False),
+    "random": SelectorSpec(select_random, needs_scores=False, needs_embeddings=False),
+    "kmeans": SelectorSpec(select_kmeans, needs_scores=False, needs_embeddings=True),
+    "full": SelectorSpec(select_full, needs_scores=False, needs_embeddings=False),
+}
+
+
+def select(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None = None) -> Choice:
+    """Run the configured selector on a candidate table; never returns more ids than asked for."""
+    cfg.validate()
+    spec = SELECTORS[cfg.name]
+    if spec.needs_scores and "ifd" not in table:
+        raise ConfigError(f"filter={cfg.name} needs a score table (filter.scorer=weak or strong)")
+    choice = spec.select(table, cfg, ratio, seed, embed)
+    if len(choice.ids) != len(set(choice.ids)):
+        raise AssertionError(f"selector {cfg.name} returned duplicate ids")
+    if len(choice.ids) < choice.requested:
+        log.warning("filter=%s: asked for %d records but only %d qualify; took %d",
+                    cfg.name, choice.requested, choice.available, len(choice.ids))
+    return choice
+
+
+# ---------------------------------------------------------------- metrics and output
+
+
+def _stats(values: pd.Series) -> dict[str, float]:
+    values = values.astype(float)
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return {}
+    return {"mean": float(values.mean()), "median": float(values.median()), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def describe(rows: pd.DataFrame) -> dict[str, Any]:
+    """Length, input share and score statistics of a set of rows (the subset, or the pool to compare with)."""
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "response_chars": _stats(rows["response_chars"]),
+        "instruction_chars": _stats(rows["instruction_chars"]),
+        "share_with_input": float(rows["has_input"].mean()) if len(rows) else float("nan"),
+    }
+    for column in ("n_response_tokens", "n_prompt_tokens", "ifd", "ppl_conditioned"):
+        if column in rows:
+            out[column] = _stats(rows[column])
+    return out
+
+
+def selection_metrics(table: pd.DataFrame, cfg: SelectConfig, choice: Choice, ratio: float) -> dict[str, Any]:
+    chosen = table.set_index("id").loc[choice.ids].reset_index()
+    metrics: dict[str, Any] = {
+        "selector": cfg.name,
+        "scorer": cfg.scorer,
+        "ratio": ratio,
+        "count": len(choice.ids),
+        "requested": choice.requested,
+        "available": choice.available,
+        "shortfall": choice.requested - len(choice.ids),
+        "pool": describe(table),
+        "subset": describe(chosen),
+        **choice.details,
+    }
+    if "ifd" in table:
+        metrics["n_unscored"] = int((~scored(table, "ifd")).sum())
+    return metrics
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(value)
+    return value
+
+
+def subset_records(examples: dict[str, Example], table: pd.DataFrame, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The chosen records in selection order, each with its scores (NaN written as null)."""
+    score_columns = [c for c in SCORE_COLUMNS if c != "id" and c in table]
+    by_id = table.set_index("id")
+    records = []
+    for rank, id_ in enumerate(ids):
+        record = examples[id_].to_dict()
+        record["rank"] = rank
+        if score_columns:
+            row = by_id.loc[id_]
+            record["scores"] = {c: _json_value(row[c]) for c in score_columns}
+        records.append(record)
+    return records
+
+
+def write_jsonl(records: Sequence[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The first and last TABLE_ROWS chosen records (top and bottom of the selection order)."""
+    columns = ["end", "rank", "id", "ifd", "ppl_conditioned", "n_response_tokens", "instruction", "input", "output"]
+    picks = [("top", r) for r in records[:TABLE_ROWS]]
+    picks += [("bottom", r) for r in records[max(TABLE_ROWS, len(records) - TABLE_ROWS):]]
+    rows = []
+    for end, r in picks:
+        scores = r.get("scores", {})
+        rows.append([end, r["rank"], r["id"], scores.get("ifd"), scores.get("ppl_conditioned"),
+                     scores.get("n_response_tokens"), r["instruction"][:TEXT_PREVIEW_CHARS],
+                     r["input"][:TEXT_PREVIEW_CHARS], r["output"][:TEXT_PREVIEW_CHARS]])
+    return columns, rows
+
+
+def make_embed(examples: dict[str, Example], cfg: SelectConfig, runtime: RuntimeConfig) -> Embed:
+    from superfilter.embeddings import embed_texts, example_text
+
+    def embed(ids: list[str]) -> np.ndarray:
+        return embed_texts([example_text(examples[i]) for i in ids], cfg.embedder, cfg.embed_model,
+                           cfg.embed_batch_size, resolve_device(runtime.device))
+
+    return embed
 
 
 def select_stage(
@@ -26,4 +400,18 @@ def select_stage(
     runtime: RuntimeConfig, out_dir: Path, tracker: StageRun,
 ) -> dict[str, Any]:
     """Write out_dir/subset.jsonl (records with their scores); return metrics."""
-    raise NotImplementedError
+    examples = read_examples(examples_path)
+    by_id = {ex.id: ex for ex in examples}
+    scores = read_scores(scores_path) if scores_path is not None else None
+    table = candidate_table(examples, scores)
+    embed = make_embed(by_id, cfg, runtime) if SELECTORS[cfg.name].needs_embeddings else None
+    choice = select(table, cfg, ratio, seed, embed)
+    records = subset_records(by_id, table, choice.ids)
+    write_jsonl(records, out_dir / "subset.jsonl")
+    metrics = selection_metrics(table, cfg, choice, ratio)
+    columns, rows = preview_rows(records)
+    write_jsonl([dict(zip(columns, row, strict=True)) for row in rows], out_dir / "top_bottom.jsonl")
+    tracker.table("top_bottom", columns, rows)
+    log.info("select: %s chose %d of %d records (asked %d)", cfg.name, len(choice.ids), len(table),
+             choice.requested)
+    return metrics
