@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from eval.cache import JsonlCache
 from eval.config import JudgeConfig
-from eval.pairwise import parse_scores
+from eval.pairwise import PROMPT_FIELDS, parse_scores
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, DataError, UserError
 
@@ -49,6 +49,9 @@ class JudgeRequest:
     question: str
     answer_1: str  # shown first ("Assistant 1" / "Output (a)")
     answer_2: str
+    # Pairwise: "model_first" | "reference_first". Part of the cache key, so that two identical answers are
+    # still judged once per order, as the protocol asks.
+    order: str = ""
 
     def messages(self) -> tuple[str, str]:
         """(system, user) text of the judge prompt for this request."""
@@ -107,7 +110,8 @@ class Judge(Protocol):
 
 def annotation_key(judge: Judge, request: JudgeRequest) -> str:
     system, user = request.messages()
-    payload = {"judge": judge.identity(), "kind": request.kind, "system": system, "user": user}
+    payload = {"judge": judge.identity(), "kind": request.kind, "order": request.order, "system": system,
+               "user": user}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -209,41 +213,58 @@ class FakeJudge:
 # replay: reviews from logs in the authors' format, looked up by the answer pair in the order shown.
 
 
-def _pair_key(first: str, second: str) -> str:
-    return hashlib.sha256(canonical_json([first.strip(), second.strip()]).encode()).hexdigest()
+def _replay_key(*texts: str) -> str:
+    return hashlib.sha256(canonical_json([t.strip() for t in texts]).encode()).hexdigest()
 
 
 class ReplayJudge:
+    """Looks a review up by (question, answers in the order shown, order); by the answers and order alone when the
+    question is worded differently (e.g. without its input) and that is unambiguous. Answer1 is the model."""
+
     name = "replay"
 
     def __init__(self, files: Sequence[str | Path]) -> None:
         self.files = [Path(f) for f in files]
-        self.reviews: dict[str, str] = {}
+        self.by_question: dict[str, str] = {}
+        self.by_pair: dict[str, set[str]] = {}
         for path in self.files:
             try:
                 records = json.loads(path.read_text())["data"]
             except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{path}: not a review log in the authors' format ({e})") from e
             for i, r in enumerate(records):
+                question = next((r[f] for f in PROMPT_FIELDS.values() if isinstance(r.get(f), str)), "")
                 try:
-                    self.reviews[_pair_key(r["Answer1"], r["Answer2"])] = r["review"]
-                    self.reviews[_pair_key(r["Answer2"], r["Answer1"])] = r["review_reverse"]
+                    shown = [(r["Answer1"], r["Answer2"], "model_first", r["review"]),
+                             (r["Answer2"], r["Answer1"], "reference_first", r["review_reverse"])]
                 except KeyError as e:
                     raise DataError(f"{path}: record {i} lacks the field {e}") from e
+                for first, second, order, review in shown:
+                    self.by_question[_replay_key(question, first, second, order)] = review
+                    self.by_pair.setdefault(_replay_key(first, second, order), set()).add(review)
+        self._identity = {"backend": "replay",
+                          "logs": sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in self.files)}
 
     def identity(self) -> dict[str, Any]:
-        digests = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in self.files)
-        return {"backend": "replay", "logs": digests}
+        return self._identity
+
+    def review(self, request: JudgeRequest) -> str | None:
+        found = self.by_question.get(_replay_key(request.question, request.answer_1, request.answer_2, request.order))
+        if found is not None:
+            return found
+        candidates = self.by_pair.get(_replay_key(request.answer_1, request.answer_2, request.order), set())
+        return next(iter(candidates)) if len(candidates) == 1 else None
 
     def annotate(self, requests: Sequence[JudgeRequest], keys: Sequence[str], on_result: OnResult) -> None:
-        absent = [r for r in requests if _pair_key(r.answer_1, r.answer_2) not in self.reviews]
         if any(r.kind != "scores" for r in requests):
             raise ConfigError("eval.judge.backend=replay reads pairwise score reviews only; not for alpaca_eval")
+        reviews = [self.review(r) for r in requests]
+        absent = [r for r, review in zip(requests, reviews, strict=True) if review is None]
         if absent:
-            raise JudgeError(f"{len(absent)} answer pair(s) have no review in {[str(f) for f in self.files]}; "
-                             f"first question: {absent[0].question[:80]!r}")
-        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
-            on_result(i, parse_reply(key, "scores", self.reviews[_pair_key(request.answer_1, request.answer_2)]))
+            raise JudgeError(f"{len(absent)} request(s) have no (unambiguous) review in "
+                             f"{[str(f) for f in self.files]}; first question: {absent[0].question[:80]!r}")
+        for i, (review, key) in enumerate(zip(reviews, keys, strict=True)):
+            on_result(i, parse_reply(key, "scores", review))
 
     def stats(self) -> dict[str, Any]:
         return {}

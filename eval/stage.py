@@ -160,8 +160,8 @@ class _Run:
             ours, theirs = self.outputs[f"pairwise/{name}"], self.reference_outputs[f"pairwise/{name}"]
             triples = list(zip(prompts, ours, theirs, strict=True))
             # Every prompt twice: the model's answer shown first, then the reference's [paper §4].
-            requests = [JudgeRequest("scores", p.question, a, b) for p, a, b in triples]
-            requests += [JudgeRequest("scores", p.question, b, a) for p, a, b in triples]
+            requests = [JudgeRequest("scores", p.question, a, b, "model_first") for p, a, b in triples]
+            requests += [JudgeRequest("scores", p.question, b, a, "reference_first") for p, a, b in triples]
             judged = self._judge_all(f"pairwise/{name}", requests)
             forward, reverse = judged[: len(prompts)], judged[len(prompts) :]
             reviews = [(p.id, f.raw if f.ok else None, r.raw if r.ok else None)

@@ -1,0 +1,226 @@
+"""Judges: the annotation cache, the openai backend against a misbehaving local server, the hf judge's scores."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from eval.config import JudgeConfig
+from eval.judge import (
+    AnnotationCache,
+    FakeJudge,
+    HFJudge,
+    JudgeError,
+    JudgeRequest,
+    OpenAIJudge,
+    _Trie,
+    judge_all,
+    parse_reply,
+)
+from superfilter.models import ModelConfig, build_tiny_model
+
+REQUESTS = [JudgeRequest("scores", f"question {i}?", f"answer one {i}", f"answer two {i} is longer", "model_first")
+            for i in range(10)]
+
+
+def test_parse_reply_scores_and_preferences():
+    assert parse_reply("k", "scores", "8 6\nwhy").scores == [8.0, 6.0]
+    assert "not two scores" in parse_reply("k", "scores", "Assistant 1: 8").error
+    assert parse_reply("k", "preference", "b").p_second == 1.0
+    assert parse_reply("k", "preference", "Output (a)").p_second == 0.0
+    assert parse_reply("k", "preference", "(b) is better").p_second == 1.0
+    assert parse_reply("k", "preference", "both are fine").error
+
+
+def test_cache_reuses_annotations_and_survives_a_cut_last_line(tmp_path):
+    calls = Counter()
+
+    def reply(request: JudgeRequest) -> str:
+        calls[request.question] += 1
+        return "7 3\nok"
+
+    judge = FakeJudge(reply)
+    path = tmp_path / "annotations.jsonl"
+    first, summary = judge_all(judge, REQUESTS + REQUESTS[:2], [AnnotationCache(path)])
+    assert summary["asked"] == len(REQUESTS) and summary["cached"] == 0
+    assert all(a.scores == [7.0, 3.0] for a in first)
+    assert set(calls.values()) == {1}  # a repeated request is asked once
+    with open(path, "a") as f:  # a crash in the middle of writing a line
+        f.write('{"key": "abc", "kind": "sco')
+    again, summary = judge_all(judge, REQUESTS, [AnnotationCache(path)])
+    assert summary["asked"] == 0 and summary["cached"] == len(REQUESTS)
+    assert [a.key for a in again] == [a.key for a in first[: len(REQUESTS)]]
+    assert set(calls.values()) == {1}
+
+
+def test_order_is_part_of_the_key_so_identical_answers_are_judged_in_both_orders():
+    judge = FakeJudge()
+    same = [JudgeRequest("scores", "q", "x", "x", order) for order in ("model_first", "reference_first")]
+    _, summary = judge_all(judge, same, [])
+    assert summary["asked"] == 2
+
+
+def test_trie_scores_multi_token_candidates_exactly():
+    import math
+
+    # Candidates "1" = (1,), "10" = (1, 0), "2" = (2,): one chain through token 1 gives every distribution needed.
+    trie = _Trie([(1,), (1, 0), (2,)])
+    assert trie.runs == [(1,)]
+    log = math.log
+    dists = {(): {1: log(0.6), 2: log(0.3), 0: log(0.1)}, (1,): {0: log(0.25), 1: log(0.75), 2: log(1e-9)}}
+    lps = trie.log_probs(dists)
+    assert [math.exp(x) for x in lps] == pytest.approx([0.6 * 0.75, 0.6 * 0.25, 0.3])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A local OpenAI-compatible server that fails in every way a real one does before answering.
+
+
+class FlakyServer:
+    """Per prompt, by its index in the question: 0 → 429 then OK, 1 → 500 twice then OK, 2 → a timeout then OK,
+    3 → a malformed body then OK, 4 → a well-formed reply that is garbage (every time), 5-9 → OK at once.
+    A question containing "always-down" gets HTTP 503 forever."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.attempts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert self.path == "/v1/chat/completions" and body["model"] == "judge-model"
+                assert self.headers["Authorization"] == "Bearer sk-test"
+                user = body["messages"][1]["content"]
+                with server.lock:
+                    server.attempts[user] += 1
+                    attempt = server.attempts[user]
+                server.respond(self, user, attempt)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def respond(self, handler: BaseHTTPRequestHandler, user: str, attempt: int) -> None:
+        index = int(user.split("question ")[1].split("?")[0]) if "question " in user else -1
+        if "always-down" in user:
+            return self.send(handler, 503, b"busy")
+        if index == 0 and attempt == 1:
+            return self.send(handler, 429, b'{"error": "rate limit"}', {"Retry-After": "0"})
+        if index == 1 and attempt <= 2:
+            return self.send(handler, 500, b"internal error")
+        if index == 2 and attempt == 1:
+            time.sleep(self.delay_s)  # longer than the client's timeout
+            return self.send(handler, 200, self.completion("9 1"))
+        if index == 3 and attempt == 1:
+            return self.send(handler, 200, b"<html>not json</html>")
+        content = "I would rather not rate these." if index == 4 else f"{index % 10 + 1} 5\nexplanation"
+        return self.send(handler, 200, self.completion(content))
+
+    @staticmethod
+    def completion(content: str) -> bytes:
+        return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
+                           "usage": {"prompt_tokens": 100, "completion_tokens": 10}}).encode()
+
+    @staticmethod
+    def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
+        try:
+            handler.send_response(status)
+            for k, v in (headers or {}).items():
+                handler.send_header(k, v)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on a timed-out request
+            pass
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FlakyServer(delay_s=1.5)
+    yield s
+    s.close()
+
+
+def _openai_judge(url: str, max_retries: int = 3) -> OpenAIJudge:
+    cfg = JudgeConfig(backend="openai", api_model="judge-model", base_url=url, api_key_env="SUPERFILTER_TEST_KEY",
+                      max_retries=max_retries, timeout_s=0.5, usd_per_1k_prompt_tokens=0.03,
+                      usd_per_1k_completion_tokens=0.06)
+    return OpenAIJudge(cfg, concurrency=4, backoff_s=0.01)
+
+
+def test_openai_backend_retries_each_failure_then_caches_every_annotation_once(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERFILTER_TEST_KEY", "sk-test")
+    judge = _openai_judge(server.url)
+    path = tmp_path / "annotations.jsonl"
+    annotations, summary = judge_all(judge, REQUESTS, [AnnotationCache(path)])
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == len(REQUESTS) == len({r["key"] for r in lines})  # every annotation arrives once
+    assert [a.scores for a in annotations if a.ok] == [[i % 10 + 1, 5.0] for i in range(10) if i != 4]
+    assert annotations[2].scores == [3.0, 5.0]  # the retry's answer; the late one was abandoned
+    assert summary["unparseable"] == 1 and "not two scores" in annotations[4].error  # garbage is reported
+    assert summary["retries"] == {"http_429": 1, "http_500": 2, "timeout": 1, "malformed_body": 1}
+    assert max(server.attempts.values()) <= judge.cfg.max_retries + 1
+    assert summary["prompt_tokens"] == 100 * 10 and summary["completion_tokens"] == 10 * 10
+    assert summary["cost_usd"] == pytest.approx(10 * (100 * 0.03 + 10 * 0.06) / 1000)
+
+    before = sum(server.attempts.values())
+    _, again = judge_all(_openai_judge(server.url), REQUESTS, [AnnotationCache(path)])
+    assert again["asked"] == 0 and sum(server.attempts.values()) == before  # a rerun asks nothing
+
+
+def test_openai_backend_gives_up_after_bounded_retries_and_keeps_the_rest(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERFILTER_TEST_KEY", "sk-test")
+    down = JudgeRequest("scores", "always-down", "a", "b", "model_first")
+    path = tmp_path / "annotations.jsonl"
+    with pytest.raises(JudgeError, match="1 of 3 judge requests failed after 2 retries"):
+        judge_all(_openai_judge(server.url, max_retries=2), [REQUESTS[5], down, REQUESTS[6]], [AnnotationCache(path)])
+    assert sum(n for user, n in server.attempts.items() if "always-down" in user) == 3  # 1 try + 2 retries
+    assert len(path.read_text().splitlines()) == 2  # the answered ones are cached
+
+
+def test_openai_backend_needs_the_key_for_the_openai_endpoint(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(Exception, match="OPENAI_API_KEY"):
+        OpenAIJudge(JudgeConfig(backend="openai"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory) -> HFJudge:
+    folder = build_tiny_model("llama", tmp_path_factory.mktemp("judge") / "tiny")
+    cfg = JudgeConfig(backend="hf", model=ModelConfig(name="tiny", source="local", path=str(folder)),
+                      max_judge_tokens=600)  # the tiny tokenizer spends ~400 tokens on the task text alone
+    return HFJudge(cfg, "cpu", batch_size=3)
+
+
+def test_hf_judge_scores_every_item_within_1_and_10(tiny_judge):
+    long_answer = "word " * 300  # longer than max_judge_tokens: must be shortened, not fail
+    requests = REQUESTS[:4] + [JudgeRequest("scores", "q?", long_answer, "short", "model_first")]
+    annotations, summary = judge_all(tiny_judge, requests, [])
+    assert len(annotations) == 5 and summary["unparseable"] == 0
+    for a in annotations:
+        assert a.ok and len(a.scores) == 2 and all(1.0 <= s <= 10.0 for s in a.scores)
+    assert summary["truncated_prompts"] > 0
+
+
+def test_hf_judge_preferences_are_probabilities(tiny_judge):
+    requests = [JudgeRequest("preference", "Say hi.", "hi", "hello there"), JudgeRequest("preference", "x", "a", "b")]
+    annotations, _ = judge_all(tiny_judge, requests, [])
+    assert all(a.ok and 0.0 <= a.p_second <= 1.0 for a in annotations)
