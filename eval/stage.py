@@ -50,7 +50,7 @@ def eval_stage(
     write_json_atomic(out_dir / "eval" / "generation.json", run.generation_stats)
     table = summary_markdown(run, metrics)
     (out_dir / "eval" / "summary.md").write_text(table)
-    print(table, flush=True)
+    log.info("evaluation summary:\n%s", table)
     _mirror(tracker, out_dir, metrics)
     return metrics
 
@@ -81,6 +81,7 @@ class _Run:
         self.reference_outputs: dict[str, list[str]] = {}
         self.generation_stats: dict[str, Any] = {}
         self.judge_summaries: dict[str, Any] = {}
+        self.tallies: list[Tally] = []
         self._judge: Judge | None = None
         self.notes: list[str] = []
 
@@ -168,6 +169,7 @@ class _Run:
                        for p, f, r in zip(prompts, forward, reverse, strict=True)]
             tallies.append(pairwise.tally_reviews(name, reviews, margin))
             self._write_review_log(name, prompts, ours, theirs, forward, reverse)
+        self.tallies = tallies
         total = pairwise.pooled(tallies)
         chart = pairwise.plot_wtl(tallies, self.out_dir / "eval" / "pairwise_wtl.png", self.model_name,
                                   self.reference_name)
@@ -240,12 +242,9 @@ class _Run:
 def summary_markdown(run: _Run, metrics: dict[str, Any]) -> str:
     """The run's evaluation table (eval/summary.md), also printed at the end of the stage."""
     lines = [f"## Evaluation of {run.model_name}", "", f"model: `{run.model_dir}`"]
-    if "pairwise" in metrics and "skipped" not in metrics["pairwise"]:
-        result = json.loads((run.out_dir / "eval" / "pairwise.json").read_text())
-        tallies = [Tally(**{k: v for k, v in t.items() if k in ("name", "win", "tie", "lose", "unparseable")})
-                   for t in [*result["sets"].values(), result["overall"]]]
+    if run.tallies:
         lines += ["", f"### Pairwise vs {run.reference_name} (both orders; winning score = (W - L) / N + 1)",
-                  f"judge: {run.judge_note()}", "", pairwise.format_table(tallies)]
+                  f"judge: {run.judge_note()}", "", pairwise.format_table([*run.tallies, pairwise.pooled(run.tallies)])]
     if "alpaca_eval" in metrics:
         a = json.loads((run.out_dir / "eval" / "alpaca_eval.json").read_text())
         lines += ["", f"### AlpacaEval {a['version']}: {a['headline']}",

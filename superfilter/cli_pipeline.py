@@ -35,4 +35,8 @@ def run_from_hydra(cfg: DictConfig) -> dict:
     for stage, info in summary["stages"].items():
         log.info("%-16s %s %s", stage, "cached" if info["cache_hit"] else "built ", info["path"])
     log.info("run summary: %s", out)
+    evaluation = summary["stages"].get("eval")
+    table = Path(evaluation["path"]) / "eval" / "summary.md" if evaluation else None
+    if table is not None and table.exists():  # the run ends with its evaluation table, built or cached
+        print(table.read_text(), flush=True)
     return summary
