@@ -1,3 +1,24 @@
 """Superfiltering: score instruction data with a small model, keep the best, finetune a strong one."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["filter", "score", "select"]
+
+if TYPE_CHECKING:
+    from superfilter.api import filter, score, select
+
+
+def __getattr__(name: str) -> Any:
+    # The API imports torch and transformers: load it on first use so `import superfilter` stays instant.
+    if name in __all__:
+        from superfilter import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'superfilter' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

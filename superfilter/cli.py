@@ -1,0 +1,320 @@
+"""The `superfilter` command: filter, score and inspect instruction-data files, on the pipeline's engine and cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from superfilter.data import FORMATS
+from superfilter.errors import DataError, UserError
+
+log = logging.getLogger("superfilter")
+
+DEFAULT_MODEL = "smollm2_135m"  # api.DEFAULT_MODEL, repeated so that --help needs no torch import
+CONTAINERS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+OUTPUT_FORMATS = ("json", "jsonl", "parquet", "alpaca", "sharegpt")
+PREVIEW_CHARS = 70
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the message is what a user needs to fix the command.
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments.
+
+
+def key_values(text: str) -> dict[str, str]:
+    """`instruction=question,output=answer` → {"instruction": "question", "output": "answer"}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected NAME=COLUMN[,NAME=COLUMN...], got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def option_value(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` with VALUE read as YAML (0.2 → float, true → bool, text → str)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="IN", help="JSON, JSONL or Parquet: Alpaca, Dolly, ShareGPT/messages records")
+    p.add_argument("--out", "-o", required=True, metavar="OUT", help="where to write the records")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="scoring model: a conf/model name (smollm2_135m, gpt2, tiny, ...), a local folder or a Hub id "
+                        f"(default {DEFAULT_MODEL})")
+    p.add_argument("--format", choices=OUTPUT_FORMATS,
+                   help="output: json|jsonl|parquet keep your records as they are; alpaca|sharegpt rewrite them in "
+                        "that schema (default: OUT's extension, else the input's format)")
+    p.add_argument("--input-format", choices=FORMATS, default="auto", help="the input's schema (default: detected)")
+    p.add_argument("--fields", type=key_values, default={}, metavar="NAME=COLUMN,...",
+                   help="your column names, e.g. instruction=question,output=answer")
+    p.add_argument("--prompt", help="scoring prompt: none (Superfiltering) | alpaca (Cherry) | chat")
+    p.add_argument("--ifd-form", help="ppl_ratio (Superfiltering) | loss_ratio (Cherry)")
+    p.add_argument("--turns", help="multi-turn records: last | each")
+    p.add_argument("--max-length", type=int, help="tokens per scoring pass (default 1024)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 8192)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="options", type=option_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of superfilter.score/select, e.g. --set boundary=exact (repeatable)")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="cache root (default $SUPERFILTER_ARTIFACTS, else ~/.cache/superfilter/artifacts)")
+    p.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="superfilter", description="Score instruction data by IFD with a small model and keep the "
+                                                    "best (Superfiltering, ACL 2024).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    filt = commands.add_parser("filter", help="score IN and write the best --ratio of it to OUT",
+                               description="Score IN with --model, keep the best --ratio by --method, write to OUT.")
+    add_data_arguments(filt)
+    filt.add_argument("--ratio", type=float, default=0.1, help="share of the records to keep (default 0.1)")
+    filt.add_argument("--method", default="superfilter",
+                      help="superfilter (IFD < 1, highest first; default) | superfilter_d | self_ifd | perplexity | "
+                           "length | random | kmeans | full")
+    filt.add_argument("--count", type=int, help="keep exactly this many records instead of --ratio")
+    filt.add_argument("--seed", type=int, default=42)
+    sc = commands.add_parser("score", help="write IN with score columns added to OUT",
+                             description="Add IFD and perplexity columns to every record of IN; write to OUT.")
+    add_data_arguments(sc)
+    ins = commands.add_parser("inspect", help="summarise a scored file",
+                              description="Counts, skip reasons, IFD quantiles, top and bottom examples.")
+    ins.add_argument("scores", metavar="SCORES", help="the output of `superfilter score` (or a scores.parquet)")
+    ins.add_argument("--top", type=int, default=5, help="examples shown at each end (default 5)")
+    ins.add_argument("--fields", type=key_values, default={}, metavar="NAME=COLUMN,...")
+    return parser
+
+
+def api_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of superfilter.score/select/filter that the command line set."""
+    options: dict[str, Any] = dict(args.options)
+    for name in ("prompt", "ifd_form", "turns", "max_length", "batch_tokens", "device", "count"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    return {**options, "fields": args.fields, "format": args.input_format, "artifact_root": args.artifacts}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files out.
+
+
+def input_container(path: Path) -> str:
+    """json (an array), jsonl or parquet, as data.iter_raw_records reads the file."""
+    if path.suffix.lower() == ".parquet":
+        return "parquet"
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    return "json" if path.suffix.lower() != ".jsonl" and head.startswith("[") else "jsonl"
+
+
+def output_layout(fmt: str | None, out: Path, source: Path) -> tuple[str, str]:
+    """(schema, container): --format, else OUT's extension, else the input's format."""
+    container = CONTAINERS.get(out.suffix.lower())
+    if fmt in ("alpaca", "sharegpt"):
+        return fmt, container or "json"
+    return "records", fmt or container or input_container(source)
+
+
+def rewrite(record: dict[str, Any], schema: str, fmt: str, fields: dict[str, str]) -> dict[str, Any]:
+    """A record in the Alpaca or ShareGPT schema, its score columns kept."""
+    from superfilter.api import SCORE_COLUMNS
+    from superfilter.data import parse_record
+
+    ex = parse_record(record, fmt, fields, "output record")
+    if schema == "alpaca":
+        out: dict[str, Any] = {"instruction": ex.instruction, "input": ex.input, "output": ex.output}
+        if ex.history:
+            out["history"] = [list(turn) for turn in ex.history]
+    else:
+        turns = [*ex.history, (ex.prompt, ex.output)]
+        out = {"conversations": [m for u, a in turns for m in ({"from": "human", "value": u},
+                                                                {"from": "gpt", "value": a})]}
+    if ex.system:
+        out["system"] = ex.system
+    return {**out, **{c: record[c] for c in SCORE_COLUMNS if c in record}}
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (a skipped record's scores) as null: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_records(records: list[dict[str, Any]], path: Path, container: str) -> None:
+    """Write to a temporary sibling, then rename: an interrupted run never leaves half a file at OUT."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if container == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(records), tmp)
+        else:
+            rows = [{k: json_safe(v) for k, v in r.items()} for r in records]
+            with open(tmp, "w", encoding="utf-8") as f:
+                if container == "json":
+                    json.dump(rows, f, ensure_ascii=False, indent=2, default=str)
+                    f.write("\n")
+                else:
+                    f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_output(records: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    out = Path(args.out).expanduser()
+    schema, container = output_layout(args.format, out, Path(args.input).expanduser())
+    if schema != "records":
+        records = [rewrite(r, schema, args.input_format, args.fields) for r in records]
+    write_records(records, out, container)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands.
+
+
+def run_filter(args: argparse.Namespace) -> None:
+    from superfilter import api
+
+    source = Path(args.input).expanduser()
+    if not source.is_file():
+        raise DataError(f"{source}: no such file")
+    kept = api.filter(source, ratio=args.ratio, method=args.method, model=args.model, seed=args.seed,
+                      **api_options(args))
+    write_output(kept, args)
+    log.info("kept %d records (%s, %s) → %s", len(kept), args.method,
+             f"count={args.count}" if args.count else f"ratio={args.ratio}", args.out)
+
+
+def run_score(args: argparse.Namespace) -> None:
+    from superfilter import api
+
+    source = Path(args.input).expanduser()
+    if not source.is_file():
+        raise DataError(f"{source}: no such file")
+    scored = api.score(source, model=args.model, **api_options(args))
+    write_output(scored, args)
+    skipped = sum(1 for r in scored if r.get("skip_reason"))
+    log.info("scored %d records (%d skipped) → %s", len(scored), skipped, args.out)
+
+
+def run_inspect(args: argparse.Namespace) -> None:
+    from superfilter import api
+
+    records = api.read_records(Path(args.scores))
+    print(summary(records.rows, str(args.scores), args.top, args.fields))
+
+
+def summary(rows: list[dict[str, Any]], name: str, top: int, fields: dict[str, str]) -> str:
+    """Counts, skip reasons, IFD quantiles and the examples at both ends, as the score stage's metrics count them."""
+    import numpy as np
+    import pandas as pd
+
+    from superfilter.api import SCORE_COLUMNS
+    from superfilter.scoring import ScoreConfig, score_metrics
+
+    if not rows or not any("ifd" in r for r in rows):
+        raise DataError(f"{name}: no 'ifd' column; run `superfilter score IN --out OUT` first")
+    table = pd.DataFrame({c: [r.get(c) for r in rows] for c in SCORE_COLUMNS if c != "skip_reason"}, dtype=float)
+    table["skip_reason"] = [str(r.get("skip_reason") or "") for r in rows]
+    m = score_metrics(table, ScoreConfig())
+    lines = [f"{name}: {m['n_records']} records, {m['n_scored']} scored, {m['n_skipped']} skipped "
+             f"({m['skip_fraction']:.1%})"]
+    if m["skip_reasons"]:
+        lines.append("skip reasons: " + ", ".join(f"{k} {v}" for k, v in m["skip_reasons"].items()))
+    if m["ifd_quantiles"]:
+        lines.append("IFD  " + "  ".join(f"{k} {v:.4f}" for k, v in m["ifd_quantiles"].items()))
+        lines.append(f"IFD mean {m['ifd_mean']:.4f}; IFD >= 1 (dropped by superfilter): {m['share_ifd_ge_1']:.1%}; "
+                     f"mean response tokens {m['mean_response_tokens']:.1f}")
+    ifd = table["ifd"].to_numpy()
+    usable = np.isfinite(ifd) & (table["skip_reason"] == "").to_numpy()
+    below = np.flatnonzero(usable & (ifd < 1))
+    order = below[np.argsort(-ifd[below], kind="stable")]
+    ends = [("highest IFD < 1 (kept first)", order[:top]), ("lowest IFD", order[::-1][:top])]
+    above = np.flatnonzero(usable & (ifd >= 1))
+    if len(above):
+        ends.append(("highest IFD >= 1 (dropped)", above[np.argsort(-ifd[above], kind="stable")][:top]))
+    for title, positions in ends:
+        if len(positions):
+            lines.append(f"\n{title}:\n     IFD  tokens  instruction")
+            lines += [f"  {ifd[i]:.4f}  {_int(table['n_response_tokens'].iloc[i]):>6}  "
+                      f"{preview(rows[i], fields)}" for i in positions]
+    return "\n".join(lines)
+
+
+def _int(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) else "-"
+
+
+def preview(row: dict[str, Any], fields: dict[str, str]) -> str:
+    from superfilter.data import parse_record
+
+    try:
+        text = parse_record(row, "auto", fields, "").prompt
+    except DataError:  # a bare scores.parquet holds ids, not text
+        text = f"id {row.get('id', '?')}"
+    text = " ".join(text.split())
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
+
+
+COMMANDS = {"filter": run_filter, "score": run_score, "inspect": run_inspect}
+
+
+def configure_logging(quiet: bool) -> None:
+    logger = logging.getLogger("superfilter")
+    if not any(getattr(h, "superfilter_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.superfilter_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status (0, or 2 with a one-line message for anything the user can fix)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a one-line usage error from Parser.error
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
+    configure_logging(getattr(args, "quiet", False))
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"superfilter {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # unreadable input, unwritable output
+        print(f"superfilter {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"superfilter {args.command}: interrupted; the same command resumes from the finished shards",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
