@@ -264,8 +264,15 @@ def clip_gradients(accelerator, model, max_norm: float) -> float:
 def make_accelerator(device: torch.device, cfg: TrainConfig, n_micro: int):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(cfg.mixed_precision, device),
-                       gradient_accumulation_steps=n_micro)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision(cfg.mixed_precision, device),
+                              gradient_accumulation_steps=n_micro)
+    # ACCELERATE_GRADIENT_ACCUMULATION_STEPS (set by an accelerate config) silently wins over the argument above.
+    if accelerator.gradient_accumulation_steps != n_micro:
+        raise ConfigError(
+            f"the accelerate config sets gradient_accumulation_steps={accelerator.gradient_accumulation_steps}, but "
+            f"train.batch_size/micro_batch_size need {n_micro}; remove it from the accelerate config"
+        )
+    return accelerator
 
 
 def mixed_precision(name: str, device: torch.device) -> str:

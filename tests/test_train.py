@@ -1,0 +1,293 @@
+"""The train stage on a tiny LLaMA (CPU): labels, packing, learning, LoRA, kill-and-resume, two gloo processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from superfilter.data import Example, write_examples
+from superfilter.errors import ConfigError, DataError
+from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model
+from superfilter.prompts import generation_prompt, render
+from superfilter.runtime import RuntimeConfig
+from superfilter.tracking import StageRun
+from train.collate import IGNORE, encode, encode_all, pack_batch, pad_batch
+from train.config import TrainConfig
+from train.schedule import plan
+from train.sft import MODEL_INFO_FILE, token_loss_sum, train_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ModelConfig()  # tiny random LLaMA whose tokenizer adds BOS, like Gemma
+CPU = RuntimeConfig(device="cpu")
+NO_TRACKING = StageRun(None, "train")
+
+
+def records(n: int) -> list[Example]:
+    return [Example.create(f"Count to {i} in words.", "" if i % 3 else f"start at {i % 5}",
+                           f"Here is the count up to {i}: " + " ".join(["one", "two", "three"] * (1 + i % 4)))
+            for i in range(n)]
+
+
+MULTI_TURN = Example.create("And the capital of Spain?", "", "Madrid.",
+                            history=[("What is the capital of France?", "Paris.")])
+
+
+def subset_file(tmp_path: Path, examples: list[Example]) -> Path:
+    path = tmp_path / "subset.jsonl"
+    write_examples(examples, path)
+    return path
+
+
+def stage(tmp_path: Path, examples: list[Example], cfg: TrainConfig, name: str = "out",
+          runtime: RuntimeConfig = CPU) -> tuple[dict, Path]:
+    out = tmp_path / name
+    out.mkdir()
+    return train_stage(subset_file(tmp_path, examples), TINY, cfg, 0, runtime, out, NO_TRACKING), out
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Width-64 models gain nothing from threads, and on a shared 2-core host OpenMP workers spin-wait on each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer(adds_bos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    model, _ = load_model(TINY, "cpu")
+    return model
+
+
+def runs(enc) -> list[tuple[bool, list[int]]]:
+    """Consecutive (trainable, token ids) runs of an encoded record."""
+    out: list[tuple[bool, list[int]]] = []
+    for token, label in zip(enc.input_ids, enc.labels, strict=True):
+        assert label in (IGNORE, token)
+        if out and out[-1][0] == (label != IGNORE):
+            out[-1][1].append(token)
+        else:
+            out.append((label != IGNORE, [token]))
+    return out
+
+
+def segment_runs(segments) -> list[tuple[bool, str]]:
+    out: list[tuple[bool, str]] = []
+    for s in segments:
+        if out and out[-1][0] == s.trainable:
+            out[-1] = (s.trainable, out[-1][1] + s.text)
+        else:
+            out.append((s.trainable, s.text))
+    return out
+
+
+@pytest.mark.parametrize("template", ["alpaca", "vicuna_v1.1", "chat"])
+def test_labels_are_ignored_exactly_on_prompt_tokens(tokenizer, template):
+    examples = [records(3)[1], records(3)[0]] + ([MULTI_TURN] if template != "alpaca" else [])
+    for ex in examples:
+        enc = encode(ex, template, tokenizer)
+        decoded = [(trainable, tokenizer.decode(ids)) for trainable, ids in runs(enc)]
+        expected = segment_runs(render(ex, template, tokenizer))
+        if template != "chat":  # the tokenizer adds BOS; the chat template writes it itself
+            expected[0] = (False, tokenizer.bos_token + expected[0][1])
+        assert decoded == expected
+        assert sum(trainable for trainable, _ in decoded) == len(ex.history) + 1  # every assistant turn trains
+        # The prompt tokens are exactly what generation tokenises at evaluation.
+        prompt = generation_prompt(ex.instruction, template, tokenizer, ex.history, ex.system, ex.input)
+        n_prompt = enc.labels.index(next(x for x in enc.labels if x != IGNORE))
+        if not ex.history:
+            assert list(enc.input_ids[:n_prompt]) == tokenizer(prompt, add_special_tokens=template != "chat")[
+                "input_ids"]
+
+
+def test_length_policy_is_counted(tokenizer):
+    short, long_reply = records(2)[1], Example.create("Say a lot.", "", "word " * 400)
+    long_prompt = Example.create("Read this: " + "text " * 400, "", "ok")
+    empty = Example.create("Say nothing.", "", "")
+    kept, report = encode_all([short, long_reply, long_prompt, empty], "alpaca", tokenizer, 128, "truncate")
+    assert [e.id for e in kept] == [short.id, long_reply.id]
+    assert max(e.n_tokens for e in kept) == 128
+    assert (report.n_truncated, report.n_dropped_prompt_too_long, report.n_dropped_empty_output) == (1, 1, 1)
+    kept, report = encode_all([short, long_reply, long_prompt], "alpaca", tokenizer, 128, "drop")
+    assert [e.id for e in kept] == [short.id] and report.n_dropped_too_long == 2
+    assert report.n_records == report.n_kept + report.n_dropped_too_long
+
+
+@pytest.mark.parametrize("pad_id", [0, 7])
+def test_packing_equals_padding_without_cross_attention(tokenizer, tiny_model, pad_id):
+    encoded, _ = encode_all(records(5), "alpaca", tokenizer, 512, "truncate")
+    with torch.no_grad():
+        padded = token_loss_sum(tiny_model, pad_batch(encoded, pad_id))
+        packed = token_loss_sum(tiny_model, pack_batch(encoded))
+        alone = sum(token_loss_sum(tiny_model, pad_batch([e], pad_id)) for e in encoded)
+    # A token attending across records, or a pad id leaking in, would change the loss.
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-4)
+
+
+def test_plan_sees_each_record_once_per_epoch():
+    steps = plan(10, 4, 7, seed=3)
+    assert [len(s.records) for s in steps] == [4, 4, 2, 4, 4, 2, 4]
+    for epoch in (0, 1):
+        seen = [i for s in steps if s.epoch == epoch for i in s.records]
+        assert sorted(seen) == list(range(10))
+    assert plan(10, 4, 7, seed=3) == steps and plan(10, 4, 7, seed=4) != steps
+
+
+def test_full_finetuning_loss_falls_and_writes_the_artifact(tmp_path):
+    cfg = TrainConfig(method="full", lr=3e-3, epochs=12, batch_size=4, micro_batch_size=2, warmup_ratio=0.0,
+                      save_steps=0, packing=True)
+    metrics, out = stage(tmp_path, records(4), cfg)
+    rows = metric_rows(out)
+    assert len(rows) == metrics["n_steps"] == 12
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "n_examples", "examples_seen"} <= set(rows[0])
+    assert rows[-1]["examples_seen"] == 48
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
+    info = json.loads((out / "model" / MODEL_INFO_FILE).read_text())
+    assert info["template"] == "alpaca" and info["base_model"] == "tiny"
+    assert (out / "loss_curve.png").stat().st_size > 0 and (out / "model" / "tokenizer.json").exists()
+    assert not (out / "adapter").exists() and not (out / "checkpoints").exists()
+    assert json.loads((out / "train_config.json").read_text())["train"]["lr"] == 3e-3
+
+
+def test_lora_changes_adapters_only(tmp_path, tiny_model):
+    cfg = TrainConfig(method="lora", lr=1e-2, epochs=2, batch_size=4, micro_batch_size=4, save_steps=0)
+    _, out = stage(tmp_path, records(4), cfg)
+    base = {k: v for k, v in tiny_model.state_dict().items()}
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero
+    merged = load_file(out / "model" / "model.safetensors")
+    assert set(merged) == set(base)
+    targeted = [k for k in base if any(t in k for t in ("q_proj", "v_proj", "down_proj"))]
+    untouched = [k for k in base if "embed" in k or "norm" in k or "lm_head" in k]
+    assert targeted and untouched
+    assert all(not torch.equal(merged[k], base[k]) for k in targeted)
+    assert all(torch.equal(merged[k], base[k]) for k in untouched)
+    # The frozen base itself is unchanged: reloading it gives the original weights.
+    reloaded, _ = load_model(TINY, "cpu")
+    assert all(torch.equal(v, base[k]) for k, v in reloaded.state_dict().items())
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+import train.sft as sft
+from superfilter.models import ModelConfig
+from superfilter.runtime import RuntimeConfig
+from superfilter.tracking import StageRun
+from train.config import TrainConfig
+
+step = sft.train_step
+def slow_step(*args, **kwargs):
+    time.sleep(0.2)  # room for the parent to kill us mid-run
+    return step(*args, **kwargs)
+sft.train_step = slow_step
+cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[3]))
+sft.train_stage(Path(sys.argv[1]), ModelConfig(), cfg, 0, RuntimeConfig(device="cpu"), Path(sys.argv[2]),
+                StageRun(None, "train"))
+"""
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    from dataclasses import asdict
+
+    cfg = TrainConfig(method="full", lr=1e-3, max_steps=10, batch_size=2, micro_batch_size=1, save_steps=2,
+                      keep_checkpoints=2)
+    subset = subset_file(tmp_path, records(6))
+    out = tmp_path / "killed"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(subset), str(out), json.dumps(asdict(cfg))],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = out / "checkpoints" / "step_000004" / "_COMPLETE"
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists()
+    logged_before = {r["step"] for r in metric_rows(out)}
+    assert 4 <= max(logged_before) < 10
+
+    metrics = train_stage(subset, TINY, cfg, 0, CPU, out, NO_TRACKING)
+    assert metrics["resumed_after_step"] >= 4 and metrics["n_steps"] == 10
+    assert [r["step"] for r in metric_rows(out)] == list(range(1, 11))
+
+    # Resuming restores weights, optimizer and schedule: the result equals a run that was never interrupted.
+    _, clean = stage(tmp_path, records(6), replace(cfg, save_steps=0), name="clean")
+    resumed, uninterrupted = (load_file(d / "model" / "model.safetensors") for d in (out, clean))
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_two_gloo_processes_see_each_record_once_per_epoch(tmp_path):
+    # 9 records, batch 4: the last step of each epoch has one record, so one rank trains on none (weight 0).
+    cfg = TrainConfig(method="full", lr=1e-3, epochs=2, batch_size=4, micro_batch_size=1, save_steps=0)
+    examples = records(9)
+    metrics, out = stage(tmp_path, examples, cfg, runtime=replace(CPU, num_processes=2))
+    assert metrics["world_size"] == 2
+    seen: dict[int, list[str]] = {0: [], 1: []}
+    for rank in (0, 1):
+        for line in (out / "samples" / f"rank{rank}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            seen[row["epoch"]] += [i for chunk in row["ids"] for i in chunk]
+    for epoch_ids in seen.values():
+        assert sorted(epoch_ids) == sorted(e.id for e in examples)
+    # Same updates as one process: the loss is normalised over the global batch, not per rank.
+    _, single = stage(tmp_path, examples, cfg, name="single")
+    two, one = metric_rows(out), metric_rows(single)
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+
+
+def test_bad_inputs_fail_clearly(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        train_stage(empty, TINY, TrainConfig(), 0, CPU, tmp_path, NO_TRACKING)
+    with pytest.raises(ConfigError, match="chat_template=false"):
+        train_stage(subset_file(tmp_path, records(2)), replace(TINY, chat_template=False),
+                    TrainConfig(template="chat"), 0, CPU, tmp_path, NO_TRACKING)
+    with pytest.raises(ConfigError, match="multi-turn"):
+        train_stage(subset_file(tmp_path, [MULTI_TURN]), TINY, TrainConfig(template="alpaca"), 0, CPU, tmp_path,
+                    NO_TRACKING)
+    with pytest.raises(DataError, match="max_length"):
+        train_stage(subset_file(tmp_path, records(2)), TINY, TrainConfig(max_length=8), 0, CPU, tmp_path,
+                    NO_TRACKING)
+    with pytest.raises(ConfigError, match="train.method"):
+        TrainConfig(method="qlora").validate()
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "conf" / "train").glob("*.yaml")))
+def test_train_presets_compose(preset):
+    from hydra import compose, initialize_config_dir
+
+    from superfilter.config import register_configs, to_config
+
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        config = to_config(compose("config", overrides=[f"train={preset}"]))
+    assert config.train.name == preset
