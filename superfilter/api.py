@@ -67,15 +67,20 @@ def read_records(data: Any) -> Records:
         return Records([r for _, r in numbered], "path", path=path.resolve(),
                        where=[f"{path}:{line}" for line, _ in numbered])
     if _is_dataset(data):
-        return Records(data.to_list(), "dataset", original=data)
+        return Records(_present(data.to_list()), "dataset", original=data)
     if isinstance(data, pd.DataFrame):
-        # Missing values come back from pandas as NaN; the record parser expects absent or None.
-        clean = data.astype(object).where(data.notna(), None)
-        return Records(clean.to_dict("records"), "dataframe", original=data)
+        return Records(_present(data.astype(object).where(data.notna(), None).to_dict("records")), "dataframe",
+                       original=data)
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         return Records(list(data), "list")
     raise DataError(f"data must be a path (JSON/JSONL/Parquet), a list of dicts, a datasets.Dataset or a pandas "
                     f"DataFrame, got {type(data).__name__}")
+
+
+def _present(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A table gives every row every column: a null there means the record has no such field (a `messages` record
+    # in a table that also holds `conversations` ones).
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def _is_dataset(data: Any) -> bool:
