@@ -141,8 +141,8 @@ def run(cfg: Config) -> dict[str, Any]:
         done["score"] = score(cfg, examples, cfg.model.weak)
     if wanted & {"select", "train", "eval"}:
         scores = scores_for_selection(cfg, examples)
-        if scores is not None:
-            done["score" if cfg.filter.scorer == "weak" else "score_strong"] = scores
+        if scores is not None:  # keep the first sighting: it says whether this run built the artifact
+            done.setdefault("score" if cfg.filter.scorer == "weak" else "score_strong", scores)
         done["select"] = select(cfg, examples, scores)
     if wanted & {"train", "eval"}:
         done["train"] = train(cfg, done["select"])
