@@ -92,7 +92,7 @@ def _is_dataset(data: Any) -> bool:
 def parse_examples(records: Records, fmt: str, field_map: Mapping[str, str]) -> list[Example]:
     """Every record as an Example: a malformed one fails here, named by its position, before any model loads."""
     if not records.rows:
-        raise DataError("no records to score" if records.path is None else f"{records.path}: no records")
+        raise DataError("no records" if records.path is None else f"{records.path}: no records")
     DataConfig(path="-", format=fmt, fields=dict(field_map)).validate()
     return [parse_record(row, fmt, field_map, records.label(i)) for i, row in enumerate(records.rows)]
 
