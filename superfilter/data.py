@@ -159,7 +159,8 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
 
 
 def detect_format(record: Mapping[str, Any], fields: Mapping[str, str]) -> str:
-    if fields.get("conversations") or "conversations" in record or "messages" in record:
+    # A column that is null in this row (mixed Parquet files) does not count as present.
+    if fields.get("conversations") or record.get("conversations") is not None or record.get("messages") is not None:
         return "sharegpt"
     if "response" in record and "output" not in record:
         return "dolly"
@@ -193,7 +194,7 @@ def parse_flat(record: Mapping[str, Any], columns: Mapping[str, str], where: str
 
 
 def parse_conversation(record: Mapping[str, Any], fields: Mapping[str, str], where: str) -> Example:
-    key = fields.get("conversations") or ("conversations" if "conversations" in record else "messages")
+    key = fields.get("conversations") or ("conversations" if record.get("conversations") is not None else "messages")
     turns = record.get(key)
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: field {key!r} must be a non-empty list of turns")

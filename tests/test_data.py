@@ -69,6 +69,16 @@ def test_parquet(tmp_path):
     assert ex.output == "O"
 
 
+def test_parquet_mixing_conversations_and_messages(tmp_path):
+    f = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"}]},
+        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
+    ]), f)
+    examples, _ = load(f)
+    assert [(e.instruction, e.output) for e in examples] == [("q1", "a1"), ("q2", "a2")]
+
+
 def test_ids_are_content_hashes_and_duplicates_are_reported(tmp_path):
     rec = {"instruction": "I", "input": "", "output": "O"}
     f = write_jsonl(tmp_path / "dup.jsonl", [rec, rec, {**rec, "output": "P"}])
