@@ -72,8 +72,9 @@ def test_parquet(tmp_path):
 def test_parquet_mixing_conversations_and_messages(tmp_path):
     f = tmp_path / "mixed.parquet"
     pq.write_table(pa.Table.from_pylist([
-        {"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"}]},
-        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
+        {"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"}], "messages": None},
+        {"conversations": None,
+         "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
     ]), f)
     examples, _ = load(f)
     assert [(e.instruction, e.output) for e in examples] == [("q1", "a1"), ("q2", "a2")]
