@@ -74,6 +74,7 @@ class OpenLLMConfig:
     data_dir: str = "data/eval"  # local benchmark files (same layout as the upstream releases)
     mmlu_subjects: list[str] = field(default_factory=list)  # empty = every subject found in data_dir
     limit: int = 0  # examples per task (per subject for MMLU); 0 = eval.limit
+    share_prefix: bool = True  # run each multiple-choice context once (same scores, several times faster)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class EvalConfig:
     pairwise: PairwiseConfig = field(default_factory=PairwiseConfig)
     alpaca_eval: AlpacaEvalConfig = field(default_factory=AlpacaEvalConfig)
     open_llm: OpenLLMConfig = field(default_factory=OpenLLMConfig)
-    batch_size: int = 8  # generation and hf-judge batches
+    batch_size: int = 8  # generation batch
     lm_eval_batch_size: int = 1  # lm-eval scores every position over the whole vocabulary (262k for Gemma)
     judge_concurrency: int = 8  # openai judge: requests in flight
     judge_backoff_s: float = 1.0  # openai judge: first retry delay, doubled on each further retry

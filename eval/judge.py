@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hashlib
 import json
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from eval.cache import JsonlCache
 from eval.config import JudgeConfig
+from eval.lm import forward_tail
 from eval.pairwise import PROMPT_FIELDS, parse_scores
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, DataError, UserError
@@ -453,66 +455,59 @@ class _Trie:
 
 
 class HFJudge:
+    """One request at a time: the prompt runs once, and every score or verdict token is read from its cached
+    keys/values (a CPU gains nothing from batching, and the second score needs the first one's text)."""
+
     name = "hf"
 
-    def __init__(self, cfg: JudgeConfig, device: str = "cpu", batch_size: int = 8) -> None:
+    def __init__(self, cfg: JudgeConfig, device: str = "cpu") -> None:
         self.cfg = cfg
         self.device = device
-        self.batch_size = batch_size
         self.model: Any = None
         self.tokenizer: Any = None
         self.truncated = 0
-        self.forward_passes = 0
+        model = {k: v for k, v in asdict(cfg.model).items() if k not in ("name", "attn_implementation")}
+        self._identity = {"backend": "hf", "method": "expected-score-v1", "max_judge_tokens": cfg.max_judge_tokens,
+                          "model": model}
 
     def identity(self) -> dict[str, Any]:
-        model = {k: v for k, v in asdict(self.cfg.model).items() if k not in ("name", "attn_implementation")}
-        return {"backend": "hf", "model": model, "method": "expected-score-v1",
-                "max_judge_tokens": self.cfg.max_judge_tokens}
+        return self._identity
 
     def stats(self) -> dict[str, Any]:
-        return {"judge_model": self.cfg.model.name, "truncated_prompts": self.truncated,
-                "forward_passes": self.forward_passes}
+        return {"judge_model": self.cfg.model.name, "truncated_prompts": self.truncated}
 
     def _load(self) -> None:
         if self.model is None:
             from superfilter.models import load_model
 
             self.model, self.tokenizer = load_model(self.cfg.model, self.device)
-            self.tokenizer.padding_side = "left"
 
     def annotate(self, requests: Sequence[JudgeRequest], keys: Sequence[str], on_result: OnResult) -> None:
         import torch
 
         self._load()
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i].answer_1) + len(requests[i].answer_2))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                for i, annotation in zip(batch, self._annotate_batch([requests[i] for i in batch],
-                                                                     [keys[i] for i in batch]), strict=True):
-                    on_result(i, annotation)
+            for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
+                on_result(i, self._annotate_one(request, key))
 
-    def _annotate_batch(self, requests: list[JudgeRequest], keys: list[str]) -> list[Annotation]:
-        prefixes = [self._prefix(self._fit(r)) for r in requests]
-        out: list[Annotation] = []
-        if all(r.kind == "preference" for r in requests):
-            probs = self._candidate_probs(prefixes, ["a", "b"])
-            for key, p in zip(keys, probs, strict=True):
-                out.append(Annotation(key, "preference", f"P(a)={p[0]:.4f} P(b)={p[1]:.4f}", p_second=float(p[1])))
-            return out
-        if not all(r.kind == "scores" for r in requests):
-            raise ConfigError("an hf judge batch must hold one kind of request")
-        first = self._candidate_probs(prefixes, [str(v) for v in SCORE_VALUES])
+    def _annotate_one(self, request: JudgeRequest, key: str) -> Annotation:
+        prefix = self._prefix(self._fit(request))
+        ids = self._encode(prefix)
+        root, cache = forward_tail(self.model, [ids])
+        if request.kind == "preference":
+            p = self._candidate_probs(prefix, ids, root[0, -1], cache, ["a", "b"])
+            return Annotation(key, "preference", f"P(a)={p[0]:.4f} P(b)={p[1]:.4f}", p_second=p[1])
+        first = self._candidate_probs(prefix, ids, root[0, -1], cache, [str(v) for v in SCORE_VALUES])
         # The second score is read after the most likely first score, as the judge would have written it.
-        best = [SCORE_VALUES[max(range(len(p)), key=p.__getitem__)] for p in first]
-        after_first = [f"{p}{b}" for p, b in zip(prefixes, best, strict=True)]
-        second = self._candidate_probs(after_first, [f" {v}" for v in SCORE_VALUES])
-        for key, p1, p2 in zip(keys, first, second, strict=True):
-            s1, s2 = _expected(p1), _expected(p2)
-            raw = (f"{s1:.4f} {s2:.4f}\nexpected scores over the score tokens' probabilities; "
-                   f"P(first)={[round(x, 4) for x in p1]} P(second)={[round(x, 4) for x in p2]}")
-            out.append(Annotation(key, "scores", raw, scores=[s1, s2]))
-        return out
+        best = str(SCORE_VALUES[max(range(len(first)), key=first.__getitem__)])
+        extra = self._continuation(prefix, ids, best)
+        after, cache = forward_tail(self.model, [extra], copy.deepcopy(cache))
+        second = self._candidate_probs(prefix + best, ids + extra, after[0, -1], cache,
+                                       [f" {v}" for v in SCORE_VALUES])
+        s1, s2 = _expected(first), _expected(second)
+        raw = (f"{s1:.4f} {s2:.4f}\nexpected scores over the score tokens' probabilities; "
+               f"P(first)={[round(x, 4) for x in first]} P(second)={[round(x, 4) for x in second]}")
+        return Annotation(key, "scores", raw, scores=[s1, s2])
 
     def _prefix(self, request: JudgeRequest) -> str:
         """The judge prompt up to where its reply starts (the chat template's assistant turn, when it has one)."""
@@ -540,34 +535,24 @@ class HFJudge:
             self.truncated += 1
         raise JudgeError(f"cannot fit a judge prompt into eval.judge.max_judge_tokens={budget}")
 
-    def _candidate_probs(self, prefixes: list[str], candidates: list[str]) -> list[list[float]]:
-        """P(candidate | prefix), renormalised over the candidates, for every prefix (exact over token paths)."""
+    def _candidate_probs(self, text: str, ids: list[int], next_token: Any, cache: Any, candidates: list[str]
+                         ) -> list[float]:
+        """P(candidate | text), renormalised over the candidates, exact over each candidate's token path.
+
+        `next_token` is the log-distribution after `ids`, whose keys/values are in `cache`; a multi-token candidate
+        (e.g. "10" = "1" "0") costs one short extra pass from a copy of the cache.
+        """
         import torch
 
-        tries: list[_Trie] = []
-        runs: list[list[int]] = []
-        owners: list[tuple[int, tuple[int, ...], int]] = []  # (row, run chain, length of the prefix)
-        for row, prefix in enumerate(prefixes):
-            ids = self._encode(prefix)
-            trie = _Trie([tuple(self._continuation(prefix, ids, c)) for c in candidates])
-            tries.append(trie)
-            for chain in trie.runs:
-                runs.append(ids + list(chain))
-                owners.append((row, chain, len(ids)))
-        dists: list[dict[tuple[int, ...], Any]] = [{} for _ in prefixes]
-        keep = max(len(chain) for _, chain, _ in owners) + 1
-        for start in range(0, len(runs), self.batch_size):
-            batch = runs[start : start + self.batch_size]
-            log_probs = self._last_log_probs(batch, keep)
-            for j, (row, chain, _) in enumerate(owners[start : start + self.batch_size]):
-                # Positions: the last len(chain)+1 logits predict chain[0..], i.e. the nodes chain[:0], chain[:1], ...
-                for depth in range(len(chain) + 1):
-                    dists[row][chain[:depth]] = log_probs[j, keep - len(chain) - 1 + depth]
-        out = []
-        for trie, dist in zip(tries, dists, strict=True):
-            lps = torch.tensor(trie.log_probs(dist), dtype=torch.float64)
-            out.append(torch.softmax(lps, dim=0).tolist())
-        return out
+        trie = _Trie([tuple(self._continuation(text, ids, c)) for c in candidates])
+        dists: dict[tuple[int, ...], Any] = {(): next_token}
+        for chain in trie.runs:
+            if chain:
+                log_probs, _ = forward_tail(self.model, [list(chain)], copy.deepcopy(cache), len(chain))
+                for depth in range(1, len(chain) + 1):
+                    dists[chain[:depth]] = log_probs[0, depth - 1]
+        lps = torch.tensor(trie.log_probs(dists), dtype=torch.float64)
+        return torch.softmax(lps, dim=0).tolist()
 
     def _continuation(self, prefix: str, prefix_ids: list[int], text: str) -> list[int]:
         """Token ids of `text` as they follow `prefix` (BPE may merge across the boundary, so tokenize jointly)."""
@@ -576,31 +561,16 @@ class HFJudge:
             return full[len(prefix_ids) :]
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _last_log_probs(self, batch: list[list[int]], keep: int) -> Any:
-        """Log-softmax over the vocabulary at the last `keep` positions of each left-padded sequence."""
-        import torch
-
-        width = max(len(s) for s in batch)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in batch], device=self.model.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=self.model.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.forward_passes += 1
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            logits_to_keep=keep).logits
-        return torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()
-
 
 def _expected(probs: Sequence[float]) -> float:
     return float(sum(p * v for p, v in zip(probs, SCORE_VALUES, strict=True)))
 
 
-def make_judge(cfg: JudgeConfig, device: str = "cpu", batch_size: int = 8, concurrency: int = 8,
-               backoff_s: float = 1.0) -> Judge:
+def make_judge(cfg: JudgeConfig, device: str = "cpu", concurrency: int = 8, backoff_s: float = 1.0) -> Judge:
     if cfg.backend == "openai":
         return OpenAIJudge(cfg, concurrency, backoff_s)
     if cfg.backend == "hf":
-        return HFJudge(cfg, device, batch_size)
+        return HFJudge(cfg, device)
     if cfg.backend == "replay":
         from superfilter.data import resolve_path
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from eval.config import OpenLLMConfig
+from eval.lm import forward_tail
 from superfilter.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,67 @@ def _write_mmlu(data_dir: Path, subjects: Sequence[str], data_out: Path, out_dir
 # Running lm-eval.
 
 
+def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) -> Any:
+    """lm-eval's HFLM, but each distinct context is run once.
+
+    Multiple-choice tasks score several continuations of one context (HellaSwag's 4 endings, TruthfulQA's ~10
+    answers, MMLU's 4 letters). Here the context runs once, its keys/values are reused for every continuation, and
+    only positions that score a token go through the LM head (Gemma's is 262k wide). Tokenization, truncation
+    and the (log-probability, is-greedy) answers are lm-eval's; requests that need truncation use lm-eval's path.
+    """
+    import copy
+
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from tqdm import tqdm
+
+    class PrefixSharingHFLM(HFLM):
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            results: list[Any] = [None] * len(requests)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            plain: list[int] = []
+            for i, (_, context, continuation) in enumerate(requests):
+                fits = context and continuation and len(context) + len(continuation) <= self.max_length + 1
+                (groups.setdefault(tuple(context), []) if fits else plain).append(i)
+            if plain:
+                answers = super()._loglikelihood_tokens([requests[i] for i in plain], disable_tqdm, override_bs)
+                for i, answer in zip(plain, answers, strict=True):
+                    results[i] = answer
+            for context, members in tqdm(groups.items(), disable=disable_tqdm, desc="contexts"):
+                answers = self._score_continuations(list(context), [requests[i][2] for i in members])
+                for i, answer in zip(members, answers, strict=True):
+                    results[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            return results
+
+        def _score_continuations(self, context: list[int], continuations: list[list[int]]) -> list[tuple]:
+            with torch.no_grad():
+                first, past = forward_tail(self.model, [context])  # predicts every continuation's first token
+                first = first[0, -1]
+                answers: list[tuple[float, bool]] = []
+                step = max(1, self.batch_size if isinstance(self.batch_size, int) else 1)
+                for start in range(0, len(continuations), step):
+                    chunk = continuations[start : start + step]
+                    width = max(len(c) for c in chunk) - 1
+                    rest = None
+                    if width:
+                        # Right-padded: under causal attention a real token never sees the padding after it.
+                        cache = copy.deepcopy(past)
+                        cache.batch_repeat_interleave(len(chunk))
+                        ids = [c[:-1] + [c[-1]] * (width - len(c) + 1) for c in chunk]
+                        rest, _ = forward_tail(self.model, ids, cache, width)
+                    for j, cont in enumerate(chunk):
+                        scored = [first] + [rest[j, t] for t in range(len(cont) - 1)]
+                        logprob = sum(float(lp[tok]) for lp, tok in zip(scored, cont, strict=True))
+                        greedy = all(int(lp.argmax()) == tok for lp, tok in zip(scored, cont, strict=True))
+                        answers.append((logprob, greedy))
+                return answers
+
+    return PrefixSharingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+
+
+
 def run_open_llm(model: Any, tokenizer: Any, cfg: OpenLLMConfig, data_dir: Path, limit: int, device: str,
                  batch_size: int, out_dir: Path) -> dict[str, Any]:
     """Leaderboard-v1 scores of an in-memory model; writes the rendered local tasks under out_dir/lm_eval_tasks."""
@@ -246,7 +308,8 @@ def run_open_llm(model: Any, tokenizer: Any, cfg: OpenLLMConfig, data_dir: Path,
     else:
         tasks, skipped = write_local_tasks(data_dir, cfg.tasks, cfg.mmlu_subjects, out_dir / "lm_eval_tasks")
         manager = TaskManager(include_path=str(out_dir / "lm_eval_tasks"), include_defaults=False)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    lm = (prefix_sharing_lm(model, tokenizer, device, batch_size) if cfg.share_prefix
+          else HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device))
     scores: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     for name, task in tasks.items():

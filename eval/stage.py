@@ -129,7 +129,7 @@ class _Run:
     @property
     def judge(self) -> Judge:
         if self._judge is None:
-            self._judge = make_judge(self.cfg.judge, self.device, self.cfg.batch_size, self.cfg.judge_concurrency,
+            self._judge = make_judge(self.cfg.judge, self.device, self.cfg.judge_concurrency,
                                      self.cfg.judge_backoff_s)
         return self._judge
 

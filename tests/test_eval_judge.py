@@ -207,7 +207,7 @@ def tiny_judge(tmp_path_factory) -> HFJudge:
     folder = build_tiny_model("llama", tmp_path_factory.mktemp("judge") / "tiny")
     cfg = JudgeConfig(backend="hf", model=ModelConfig(name="tiny", source="local", path=str(folder)),
                       max_judge_tokens=600)  # the tiny tokenizer spends ~400 tokens on the task text alone
-    return HFJudge(cfg, "cpu", batch_size=3)
+    return HFJudge(cfg, "cpu")
 
 
 def test_hf_judge_scores_every_item_within_1_and_10(tiny_judge):
@@ -224,3 +224,27 @@ def test_hf_judge_preferences_are_probabilities(tiny_judge):
     requests = [JudgeRequest("preference", "Say hi.", "hi", "hello there"), JudgeRequest("preference", "x", "a", "b")]
     annotations, _ = judge_all(tiny_judge, requests, [])
     assert all(a.ok and 0.0 <= a.p_second <= 1.0 for a in annotations)
+
+
+def test_hf_judge_cached_candidate_scoring_equals_full_recomputation(tiny_judge):
+    import math
+
+    import torch
+
+    from eval.lm import forward_tail
+
+    tiny_judge._load()
+    prefix = tiny_judge._prefix(REQUESTS[0]) + "7"
+    ids = tiny_judge._encode(prefix)
+    candidates = [f" {v}" for v in range(1, 11)]
+    root, cache = forward_tail(tiny_judge.model, [ids])
+    fast = tiny_judge._candidate_probs(prefix, ids, root[0, -1], cache, candidates)
+
+    paths = [tuple(tiny_judge._continuation(prefix, ids, c)) for c in candidates]
+    trie = _Trie(paths)
+    dists = {}
+    with torch.inference_mode():
+        for node in trie.nodes:  # every distribution from its own full forward pass, no cache
+            dists[node] = forward_tail(tiny_judge.model, [ids + list(node)])[0][0, -1]
+    slow = torch.softmax(torch.tensor(trie.log_probs(dists), dtype=torch.float64), 0).tolist()
+    assert fast == pytest.approx(slow, abs=1e-5) and math.isclose(sum(fast), 1.0)

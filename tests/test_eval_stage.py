@@ -153,3 +153,24 @@ def test_eval_stage_without_a_reference_skips_pairwise(models, tmp_path):
 def test_eval_config_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):
         EvalConfig(**override).validate()
+
+
+def test_prefix_sharing_scores_equal_lm_evals_own(models):
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from eval.open_llm import prefix_sharing_lm
+
+    model_dir, _ = models
+    model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")
+    gen = torch.Generator().manual_seed(0)
+    context = torch.randint(5, 400, (60,), generator=gen).tolist()
+    other = torch.randint(5, 400, (9,), generator=gen).tolist()
+    too_long = torch.randint(5, 400, (1100,), generator=gen).tolist()  # beyond 1024 positions: lm-eval truncates
+    requests = [(("c", "a"), context, [11, 12, 13]), (("c", "b"), context, [14]), (("o", "c"), other, [15, 16]),
+                (("c", "d"), context, [17, 18, 19, 20, 21]), (("o", "e"), other, [22]), (("l", "f"), too_long, [7, 8])]
+    ours = prefix_sharing_lm(model, tokenizer, "cpu", 2)._loglikelihood_tokens(requests, disable_tqdm=True)
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")._loglikelihood_tokens(
+        requests, disable_tqdm=True)
+    assert [g for _, g in ours] == [g for _, g in stock]
+    assert [lp for lp, _ in ours] == pytest.approx([lp for lp, _ in stock], abs=1e-4)
