@@ -122,10 +122,12 @@ def test_length_policy_is_counted(tokenizer):
     short, long_reply = records(2)[1], Example.create("Say a lot.", "", "word " * 400)
     long_prompt = Example.create("Read this: " + "text " * 400, "", "ok")
     empty = Example.create("Say nothing.", "", "")
-    kept, report = encode_all([short, long_reply, long_prompt, empty], "alpaca", tokenizer, 128, "truncate")
+    kept, report = encode_all([short, long_reply, long_prompt, empty, MULTI_TURN], "alpaca", tokenizer, 128,
+                              "truncate")
     assert [e.id for e in kept] == [short.id, long_reply.id]
     assert max(e.n_tokens for e in kept) == 128
-    assert (report.n_truncated, report.n_dropped_prompt_too_long, report.n_dropped_empty_output) == (1, 1, 1)
+    assert (report.n_truncated, report.n_dropped_prompt_too_long, report.n_dropped_empty_output,
+            report.n_dropped_multi_turn) == (1, 1, 1, 1)
     kept, report = encode_all([short, long_reply, long_prompt], "alpaca", tokenizer, 128, "drop")
     assert [e.id for e in kept] == [short.id] and report.n_dropped_too_long == 2
     assert report.n_records == report.n_kept + report.n_dropped_too_long
@@ -271,7 +273,7 @@ def test_bad_inputs_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="chat_template=false"):
         train_stage(subset_file(tmp_path, records(2)), replace(TINY, chat_template=False),
                     TrainConfig(template="chat"), 0, CPU, tmp_path, NO_TRACKING)
-    with pytest.raises(ConfigError, match="multi-turn"):
+    with pytest.raises(DataError, match="multi-turn"):
         train_stage(subset_file(tmp_path, [MULTI_TURN]), TINY, TrainConfig(template="alpaca"), 0, CPU, tmp_path,
                     NO_TRACKING)
     with pytest.raises(DataError, match="max_length"):

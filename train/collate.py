@@ -43,6 +43,7 @@ class EncodeReport:
     n_dropped_too_long: int = 0  # truncation=drop and longer than max_length
     n_dropped_prompt_too_long: int = 0  # no response token fits within max_length
     n_dropped_empty_output: int = 0  # an empty reply teaches nothing but the end-of-sequence token
+    n_dropped_multi_turn: int = 0  # template=alpaca has no multi-turn form (use vicuna_v1.1 or chat for them)
     n_tokens: int = 0
     n_trainable_tokens: int = 0
     max_tokens_seen: int = 0  # longest record before truncation
@@ -105,6 +106,10 @@ def encode_all(
     for ex in examples:
         if not ex.output.strip():
             report.n_dropped_empty_output += 1
+            report.dropped_ids.append(ex.id)
+            continue
+        if ex.history and template == "alpaca":
+            report.n_dropped_multi_turn += 1
             report.dropped_ids.append(ex.id)
             continue
         enc = encode(ex, template, tokenizer)

@@ -101,6 +101,7 @@ def train_stage(
 
 def run(job: TrainJob, out_dir: Path, tracker: StageRun | None = None) -> dict[str, Any]:
     started = time.perf_counter()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file checkpoint messages drown the step log
     cfg = job.train
     device = resolve_device(job.runtime.device)
     if job.runtime.num_threads and device.type == "cpu":
@@ -129,7 +130,7 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, accelerator, 
     model, tokenizer = load_model(job.model, accelerator.device, dtype=weights_dtype(job, accelerator.device),
                                   for_training=True)
     encoded, enc_report = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
-    check_encoded(encoded, enc_report, tokenizer, Path(job.subset_path))
+    check_encoded(encoded, enc_report, tokenizer, Path(job.subset_path), cfg.template)
     model = make_trainable(model, cfg)
     n_trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps = plan(len(encoded), cfg.batch_size, total_steps(len(encoded), cfg.batch_size, cfg.epochs, cfg.max_steps),
@@ -331,14 +332,18 @@ def check_template(model: ModelConfig, cfg: TrainConfig) -> None:
                           "use train.template=alpaca or vicuna_v1.1")
 
 
-def check_encoded(encoded: list[Encoded], enc: EncodeReport, tokenizer: Any, subset: Path) -> None:
+def check_encoded(encoded: list[Encoded], enc: EncodeReport, tokenizer: Any, subset: Path, template: str) -> None:
     dropped = enc.n_records - enc.n_kept
     if dropped:
         log.warning("train: %d of %d records skipped (%d longer than max_length with truncation=drop, %d with no "
-                    "response token within max_length, %d empty outputs); %d kept but truncated",
-                    dropped, enc.n_records, enc.n_dropped_too_long, enc.n_dropped_prompt_too_long,
-                    enc.n_dropped_empty_output, enc.n_truncated)
+                    "response token within max_length, %d empty outputs, %d multi-turn under template=alpaca); "
+                    "%d kept but truncated", dropped, enc.n_records, enc.n_dropped_too_long,
+                    enc.n_dropped_prompt_too_long, enc.n_dropped_empty_output, enc.n_dropped_multi_turn,
+                    enc.n_truncated)
     if not encoded:
+        if enc.n_dropped_multi_turn:
+            raise DataError(f"{subset}: {enc.n_dropped_multi_turn} of {enc.n_records} records are multi-turn and "
+                            f"template={template} has no multi-turn form; use train.template=vicuna_v1.1 or chat")
         raise DataError(f"{subset}: none of the {enc.n_records} records has a response token within "
                         f"train.max_length (longest record: {enc.max_tokens_seen} tokens); raise train.max_length")
     if not any(e.labels[-1] == tokenizer.eos_token_id for e in encoded):
@@ -420,7 +425,12 @@ def resume(accelerator, out_dir: Path, steps: list[Step]) -> int:
     step, path = found[-1]
     if step > len(steps):
         raise RuntimeError(f"{path} is past the planned {len(steps)} steps; the stage folder is inconsistent")
-    accelerator.load_state(str(path), strict=False)
+    from accelerate.utils import DistributedType
+
+    # Plain and DDP checkpoints may hold only the trainable weights; FSDP and DeepSpeed save and load their own way.
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    accelerator.load_state(str(path), **({} if sharded else {"strict": False}))
+    accelerator.step = 0  # the saved micro-batch counter assumes the old micro_batch_size; steps start aligned
     log.info("train: resumed from %s", path)
     return step
 
