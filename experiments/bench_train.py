@@ -1,0 +1,150 @@
+"""Benchmark training throughput: padded vs packed micro-batches, and the wall time of the embedded default stage.
+
+python experiments/bench_train.py --steps 2 --repeats 3 --stage-records 100
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede the first torch import: on a shared CPU host, spinning OpenMP workers wait on descheduled peers
+# and elementwise ops slow down 10–300× (measured here); passive workers sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
+from superfilter.models import load_model, model_from_name  # noqa: E402
+from superfilter.runtime import RuntimeConfig  # noqa: E402
+from superfilter.tracking import StageRun  # noqa: E402
+from train import sft  # noqa: E402
+from train.collate import encode_all  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.schedule import accumulation_steps, plan  # noqa: E402
+
+MODES = {"padding": False, "packing": True}
+
+
+def preset(name: str) -> TrainConfig:
+    return TrainConfig.from_dict(yaml.safe_load((PROJECT_ROOT / "conf" / "train" / f"{name}.yaml").read_text()))
+
+
+def bench_subset(path: str, fraction: float, seed: int) -> list[Example]:
+    """The given subset.jsonl, else a seeded random `fraction` of the bundled alpaca_5k."""
+    if path:
+        return sft.read_subset(Path(path))
+    examples, _ = load_examples(DataConfig(name="alpaca_5k", path="data/alpaca_5000.json", format="alpaca"))
+    return random.Random(seed).sample(examples, round(fraction * len(examples)))
+
+
+def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Example]) -> list[dict]:
+    """Tokens/s of the stage's own train_step, padded and packed runs alternating on the same records."""
+    device = torch.device("cpu")
+    n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, 1)
+    sft._reset_accelerate()
+    accelerator = sft.make_accelerator(device, cfg, n_micro)
+    model, tokenizer = load_model(model_from_name(args.model), device, for_training=True)
+    encoded, _ = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
+    model = sft.make_trainable(model, cfg)
+    optimizer = sft.make_optimizer(model, cfg)
+    steps = plan(len(encoded), cfg.batch_size, 1 + args.repeats * args.steps, seed=0)
+    scheduler = sft.make_scheduler(optimizer, cfg, len(steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    lengths = [e.n_tokens for e in encoded]
+    pad_id = tokenizer.pad_token_id or 0
+
+    def run(step, packing: bool) -> dict:
+        row, _ = sft.train_step(accelerator, model, optimizer, scheduler, step, encoded, lengths, pad_id,
+                                replace(cfg, packing=packing), n_micro)
+        return row
+
+    run(steps[0], False)  # warm-up: first-call allocations and kernel selection
+    samples: dict[str, list[dict]] = {m: [] for m in MODES}
+    for r in range(args.repeats):
+        chunk = steps[1 + r * args.steps: 1 + (r + 1) * args.steps]
+        order = list(MODES) if r % 2 == 0 else list(MODES)[::-1]  # alternate: host load drifts
+        for mode in order:
+            rows = [run(step, MODES[mode]) for step in chunk]
+            samples[mode].append({
+                "tokens": sum(x["n_tokens"] for x in rows), "slots": sum(x["n_slots"] for x in rows),
+                "time_s": sum(x["step_time_s"] for x in rows),
+            })
+            print(f"  repeat {r + 1} {mode}: {samples[mode][-1]['tokens'] / samples[mode][-1]['time_s']:.0f} tok/s",
+                  flush=True)
+    table = []
+    for mode, runs in samples.items():
+        rates = [s["tokens"] / s["time_s"] for s in runs]
+        table.append({"mode": mode, "tokens_per_s_median": statistics.median(rates), "tokens_per_s_min": min(rates),
+                      "tokens_per_s_max": max(rates), "slots_per_token": sum(s["slots"] for s in runs) /
+                      sum(s["tokens"] for s in runs), "step_time_s_median":
+                      statistics.median(s["time_s"] / args.steps for s in runs)})
+    sft._reset_accelerate()
+    return table
+
+
+def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[Example]) -> dict:
+    """The whole train stage as the pipeline runs it (load, encode, train, merge, save) on `stage_records`."""
+    subset = random.Random(1).sample(examples, min(args.stage_records, len(examples)))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_examples(subset, Path(tmp) / "subset.jsonl")
+        (Path(tmp) / "out").mkdir()
+        started = time.perf_counter()
+        metrics = sft.train_stage(Path(tmp) / "subset.jsonl", model_from_name(args.model), cfg, 0,
+                                  RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
+        wall = time.perf_counter() - started
+    return {"records": len(subset), "wall_s": wall, **{k: metrics[k] for k in (
+        "n_steps", "train_loop_s", "tokens_per_s", "loss_first", "loss_last")}, "n_tokens": metrics["data"]["n_tokens"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma3_270m", help="a conf/model/strong name")
+    parser.add_argument("--train", default="lora", help="a conf/train preset")
+    parser.add_argument("--subset", default="", help="a subset.jsonl (default: random 10%% of alpaca_5k)")
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median reported)")
+    parser.add_argument("--stage-records", type=int, default=0, help="also time the whole stage on N records")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = replace(preset(args.train), save_steps=0)
+    examples = bench_subset(args.subset, args.fraction, seed=0)
+    print(f"{args.train} on {args.model}: {len(examples)} records, batch {cfg.batch_size}, micro "
+          f"{cfg.micro_batch_size}, {args.steps} steps × {args.repeats} repeats per mode, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    results: dict = {"throughput": throughput(args, cfg, examples)}
+    print("\n| mode | tokens/s (median) | min–max | computed slots per real token | s/step |")
+    print("|---|---|---|---|---|")
+    for row in results["throughput"]:
+        print(f"| {row['mode']} | {row['tokens_per_s_median']:.0f} | {row['tokens_per_s_min']:.0f}–"
+              f"{row['tokens_per_s_max']:.0f} | {row['slots_per_token']:.2f} | {row['step_time_s_median']:.1f} |")
+    pad, pack = (r["tokens_per_s_median"] for r in results["throughput"])
+    print(f"packing / padding = {pack / pad:.2f}×")
+    if args.stage_records:
+        results["stage"] = stage_wall_time(args, cfg, examples)
+        s = results["stage"]
+        print(f"\nwhole stage, train={args.train}, {s['records']} records ({s['n_tokens']} tokens), {s['n_steps']} "
+              f"steps: {s['wall_s']:.0f} s wall ({s['train_loop_s']:.0f} s training, {s['tokens_per_s']:.0f} tok/s), "
+              f"loss {s['loss_first']:.3f} → {s['loss_last']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
