@@ -215,7 +215,8 @@ sft.train_stage(Path(sys.argv[1]), ModelConfig(), cfg, 0, RuntimeConfig(device="
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     from dataclasses import asdict
 
-    cfg = TrainConfig(method="full", lr=1e-3, max_steps=10, batch_size=2, micro_batch_size=1, save_steps=2,
+    # LoRA with dropout: the checkpoint holds only adapters, and the dropout RNG must be restored too.
+    cfg = TrainConfig(method="lora", lr=1e-2, max_steps=10, batch_size=2, micro_batch_size=1, save_steps=2,
                       keep_checkpoints=2)
     subset = subset_file(tmp_path, records(6))
     out = tmp_path / "killed"
@@ -232,6 +233,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model").exists()
+    saved = load_file(marker.parent / "model.safetensors")
+    assert saved and all("lora_" in k for k in saved)
     logged_before = {r["step"] for r in metric_rows(out)}
     assert 4 <= max(logged_before) < 10
 
