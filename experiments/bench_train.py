@@ -69,9 +69,10 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
     pad_id = tokenizer.pad_token_id or 0
 
     def run(step, packing: bool) -> dict:
+        cpu = time.process_time()
         row, _ = sft.train_step(accelerator, model, optimizer, scheduler, step, encoded, lengths, pad_id,
                                 replace(cfg, packing=packing), n_micro)
-        return row
+        return {**row, "cpu_s": time.process_time() - cpu}
 
     run(steps[0], False)  # warm-up: first-call allocations and kernel selection
     samples: dict[str, list[dict]] = {m: [] for m in MODES}
@@ -82,7 +83,7 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
             rows = [run(step, MODES[mode]) for step in chunk]
             samples[mode].append({
                 "tokens": sum(x["n_tokens"] for x in rows), "slots": sum(x["n_slots"] for x in rows),
-                "time_s": sum(x["step_time_s"] for x in rows),
+                "time_s": sum(x["step_time_s"] for x in rows), "cpu_s": sum(x["cpu_s"] for x in rows),
             })
             print(f"  repeat {r + 1} {mode}: {samples[mode][-1]['tokens'] / samples[mode][-1]['time_s']:.0f} tok/s",
                   flush=True)
@@ -92,7 +93,8 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
         table.append({"mode": mode, "tokens_per_s_median": statistics.median(rates), "tokens_per_s_min": min(rates),
                       "tokens_per_s_max": max(rates), "slots_per_token": sum(s["slots"] for s in runs) /
                       sum(s["tokens"] for s in runs), "step_time_s_median":
-                      statistics.median(s["time_s"] / args.steps for s in runs)})
+                      statistics.median(s["time_s"] / args.steps for s in runs),
+                      "tokens_per_cpu_s_median": statistics.median(s["tokens"] / s["cpu_s"] for s in runs)})
     sft._reset_accelerate()
     return table
 
@@ -103,11 +105,11 @@ def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[E
     with tempfile.TemporaryDirectory() as tmp:
         write_examples(subset, Path(tmp) / "subset.jsonl")
         (Path(tmp) / "out").mkdir()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         metrics = sft.train_stage(Path(tmp) / "subset.jsonl", model_from_name(args.model), cfg, 0,
                                   RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
-        wall = time.perf_counter() - started
-    return {"records": len(subset), "wall_s": wall, **{k: metrics[k] for k in (
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"records": len(subset), "wall_s": wall, "cpu_s": cpu, **{k: metrics[k] for k in (
         "n_steps", "train_loop_s", "tokens_per_s", "loss_first", "loss_last")}, "n_tokens": metrics["data"]["n_tokens"]}
 
 
@@ -129,18 +131,21 @@ def main() -> None:
           f"{cfg.micro_batch_size}, {args.steps} steps × {args.repeats} repeats per mode, "
           f"{torch.get_num_threads()} threads", flush=True)
     results: dict = {"throughput": throughput(args, cfg, examples)}
-    print("\n| mode | tokens/s (median) | min–max | computed slots per real token | s/step |")
-    print("|---|---|---|---|---|")
+    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| mode | tokens/s (median) | min–max | tokens per CPU-second | computed slots per real token | s/step |")
+    print("|---|---|---|---|---|---|")
     for row in results["throughput"]:
         print(f"| {row['mode']} | {row['tokens_per_s_median']:.0f} | {row['tokens_per_s_min']:.0f}–"
-              f"{row['tokens_per_s_max']:.0f} | {row['slots_per_token']:.2f} | {row['step_time_s_median']:.1f} |")
+              f"{row['tokens_per_s_max']:.0f} | {row['tokens_per_cpu_s_median']:.0f} | {row['slots_per_token']:.2f} | "
+              f"{row['step_time_s_median']:.1f} |")
     pad, pack = (r["tokens_per_s_median"] for r in results["throughput"])
     print(f"packing / padding = {pack / pad:.2f}×")
     if args.stage_records:
         results["stage"] = stage_wall_time(args, cfg, examples)
         s = results["stage"]
         print(f"\nwhole stage, train={args.train}, {s['records']} records ({s['n_tokens']} tokens), {s['n_steps']} "
-              f"steps: {s['wall_s']:.0f} s wall ({s['train_loop_s']:.0f} s training, {s['tokens_per_s']:.0f} tok/s), "
+              f"steps: {s['wall_s']:.0f} s wall, {s['cpu_s']:.0f} CPU-s ({s['train_loop_s']:.0f} s training, "
+              f"{s['tokens_per_s']:.0f} tok/s), load average {os.getloadavg()[0]:.1f}, "
               f"loss {s['loss_first']:.3f} → {s['loss_last']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Before torch loads OpenMP: on a shared CPU host, spinning OpenMP workers wait on descheduled peers and
+# elementwise ops slow down 10–300×; sleeping workers made a Gemma-270M training step 2.5–3× faster there
+# (experiments/bench_train.md). An explicit OMP_WAIT_POLICY in the environment still wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["filter", "score", "select"]

@@ -18,7 +18,7 @@ from superfilter.tracking import stage_run
 log = logging.getLogger(__name__)
 
 # Bump a stage's version when its code changes what it computes: old artifacts then stop matching.
-VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 1, "eval": 1}
+VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 2, "eval": 1}
 MODEL_LABELS = ("name", "attn_implementation")  # change nothing a model computes
 
 

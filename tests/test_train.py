@@ -22,7 +22,7 @@ from superfilter.tracking import StageRun
 from train.collate import IGNORE, encode, encode_all, pack_batch, pad_batch
 from train.config import TrainConfig
 from train.schedule import plan
-from train.sft import MODEL_INFO_FILE, token_loss_sum, train_stage
+from train.sft import MODEL_INFO_FILE, lr_factor, token_loss_sum, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig()  # tiny random LLaMA whose tokenizer adds BOS, like Gemma
@@ -152,6 +152,13 @@ def test_plan_sees_each_record_once_per_epoch():
         seen = [i for s in steps if s.epoch == epoch for i in s.records]
         assert sorted(seen) == list(range(10))
     assert plan(10, 4, 7, seed=3) == steps and plan(10, 4, 7, seed=4) != steps
+
+
+def test_lr_schedule_never_wastes_the_first_step():
+    factors = [lr_factor(s, 1, 10, "cosine") for s in range(10)]
+    assert factors[0] == 0.5 and factors[1] == 1.0 and 0 < factors[-1] < 0.05
+    assert factors[1:] == sorted(factors[1:], reverse=True)
+    assert [lr_factor(s, 0, 2, "linear") for s in range(2)] == [1.0, 0.5]
 
 
 def test_full_finetuning_loss_falls_and_writes_the_artifact(tmp_path):
