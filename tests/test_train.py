@@ -177,6 +177,8 @@ def test_full_finetuning_loss_falls_and_writes_the_artifact(tmp_path):
     assert info["template"] == "alpaca" and info["base_model"] == "tiny"
     assert (out / "loss_curve.png").stat().st_size > 0 and (out / "model" / "tokenizer.json").exists()
     assert not (out / "adapter").exists() and not (out / "checkpoints").exists()
+    assert (out / "skipped.jsonl").read_text() == ""
+    assert train_stage(out / "unused.jsonl", TINY, cfg, 0, CPU, out, NO_TRACKING) == metrics  # finished: no rerun
     assert json.loads((out / "train_config.json").read_text())["train"]["lr"] == 3e-3
 
 

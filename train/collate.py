@@ -47,7 +47,7 @@ class EncodeReport:
     n_tokens: int = 0
     n_trainable_tokens: int = 0
     max_tokens_seen: int = 0  # longest record before truncation
-    dropped_ids: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (record id, reason)
 
 
 def add_special_tokens_for(template: str) -> bool:
@@ -106,23 +106,23 @@ def encode_all(
     for ex in examples:
         if not ex.output.strip():
             report.n_dropped_empty_output += 1
-            report.dropped_ids.append(ex.id)
+            report.skipped.append((ex.id, "empty_output"))
             continue
         if ex.history and template == "alpaca":
             report.n_dropped_multi_turn += 1
-            report.dropped_ids.append(ex.id)
+            report.skipped.append((ex.id, "multi_turn"))
             continue
         enc = encode(ex, template, tokenizer)
         report.max_tokens_seen = max(report.max_tokens_seen, enc.n_tokens)
         if enc.n_tokens > max_length:
             if truncation == "drop":
                 report.n_dropped_too_long += 1
-                report.dropped_ids.append(ex.id)
+                report.skipped.append((ex.id, "too_long"))
                 continue
             enc = Encoded(enc.id, enc.input_ids[:max_length], enc.labels[:max_length])
             if enc.n_trainable == 0:
                 report.n_dropped_prompt_too_long += 1
-                report.dropped_ids.append(ex.id)
+                report.skipped.append((ex.id, "prompt_too_long"))
                 continue
             report.n_truncated += 1
         kept.append(enc)

@@ -32,7 +32,8 @@ from train.schedule import Step, accumulation_steps, plan, rank_micro_batches, s
 log = logging.getLogger(__name__)
 
 JOB_FILE = "train_config.json"  # the exact, resolved training job; every rank reads it
-RESULT_FILE = "train_result.json"
+RESULT_FILE = "train_result.json"  # written last, after model/: its presence means training finished
+SKIPPED_FILE = "skipped.jsonl"  # records the length/template policy left out, with the reason
 MODEL_DIR = "model"  # loadable with AutoModelForCausalLM: full or LoRA-merged weights + tokenizer
 ADAPTER_DIR = "adapter"  # LoRA only: the peft adapter on its own
 MODEL_INFO_FILE = "superfilter_train.json"  # inside model/: what evaluation needs (template, base model)
@@ -82,6 +83,9 @@ def train_stage(
     if runtime.num_processes < 1:
         raise ConfigError(f"runtime.num_processes must be >= 1, got {runtime.num_processes}")
     job = TrainJob(str(Path(subset_path).resolve()), model, cfg, seed, runtime)
+    if (Path(out_dir) / RESULT_FILE).exists():  # finished, killed before the pipeline marked it: redo nothing
+        log.info("train: %s already finished", out_dir)
+        return read_json(Path(out_dir) / RESULT_FILE)
     job_file = Path(out_dir) / JOB_FILE
     write_json_atomic(job_file, job.to_dict())
     if runtime.num_processes == 1:
@@ -177,24 +181,34 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, accelerator, 
     save_outputs(accelerator, model, tokenizer, job, out_dir)
     result = {}
     if accelerator.is_main_process:
-        rows = report.read_metrics(metrics_file)
-        report.plot_loss(rows, out_dir / report.LOSS_CURVE_FILE,
-                         f"{cfg.method} {job.model.name}, {len(encoded)} records, template {cfg.template}")
-        if tracker is not None:
-            tracker.image("loss_curve", out_dir / report.LOSS_CURVE_FILE)
-        result = {
-            "method": cfg.method, "template": cfg.template, "model": job.model.name,
-            "data": {k: v for k, v in asdict(enc_report).items() if k != "dropped_ids"},
-            "world_size": accelerator.num_processes, "n_steps": len(steps),
-            "epochs_done": len(steps) / steps_per_epoch(len(encoded), cfg.batch_size),
-            "gradient_accumulation_steps": n_micro,
-            "resumed_after_step": done, "trainable_params": n_trainable_params,
-            "train_loop_s": loop_time, "wall_s": time.perf_counter() - started,
-            **report.summarize(rows),
-        }
-        write_json_atomic(out_dir / RESULT_FILE, result)
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the final model supersedes them
+        result = finish(job, out_dir, tracker, enc_report, steps, {
+            "world_size": accelerator.num_processes, "gradient_accumulation_steps": n_micro,
+            "resumed_after_step": done, "trainable_params": n_trainable_params, "train_loop_s": loop_time,
+            "wall_s": time.perf_counter() - started,
+        })
     accelerator.wait_for_everyone()
+    return result
+
+
+def finish(job: TrainJob, out_dir: Path, tracker: StageRun | None, enc_report: EncodeReport, steps: list[Step],
+           run_info: dict[str, Any]) -> dict[str, Any]:
+    """Main process, after model/ is written: plot, skipped records, the result file; checkpoints go."""
+    cfg = job.train
+    rows = report.read_metrics(out_dir / report.METRICS_FILE)
+    report.plot_loss(rows, out_dir / report.LOSS_CURVE_FILE,
+                     f"{cfg.method} {job.model.name}, {enc_report.n_kept} records, template {cfg.template}")
+    if tracker is not None:
+        tracker.image("loss_curve", out_dir / report.LOSS_CURVE_FILE)
+    with open(out_dir / SKIPPED_FILE, "w") as f:
+        f.writelines(json.dumps({"id": rid, "reason": reason}) + "\n" for rid, reason in enc_report.skipped)
+    result = {
+        "method": cfg.method, "template": cfg.template, "model": job.model.name,
+        "data": {k: v for k, v in asdict(enc_report).items() if k != "skipped"},
+        "n_steps": len(steps), "epochs_done": len(steps) / steps_per_epoch(enc_report.n_kept, cfg.batch_size),
+        **run_info, **report.summarize(rows),
+    }
+    write_json_atomic(out_dir / RESULT_FILE, result)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the final model supersedes them
     return result
 
 
