@@ -272,7 +272,7 @@ def consistency_section(groups: list[list[Scorer]], runs: list[Run], reference: 
                          paper["rho_ifd"], " / ".join(f"{v:.2f}" for v in paper["overlap"]), None, None])
     lines = ["## Weak-to-strong consistency (paper Table 1)", ""]
     lines += table(["data", "filter", "vs", "n", "ρ(PPL)", "ρ(IFD)", "overlap 5 / 10 / 15%",
-                    "partial ρ(IFD | length)", "length-binned ρ(IFD)"], rows)
+                    "partial ρ(IFD \\| length)", "length-binned ρ(IFD)"], rows)
     lines += ["", "ρ = Spearman over the records both models scored; PPL = PPL(y|x); overlap = |A ∩ B| / k of the "
               "IFD-selected subsets (IFD < 1, highest first). The length rows select the longest responses, the "
               "random rows a seeded random subset: the overlap reached by tracking length alone or by chance. "
