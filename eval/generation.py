@@ -129,6 +129,18 @@ def generate(
     return [r["output"] for r in records], stats
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, slack: float = 1.5) -> list[list[int]]:
+    """Indices in batches of similar length: sorted, at most batch_size, and a new batch once a prompt is more than
+    `slack` times the batch's shortest, so little compute goes into padding."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and lengths[i] <= slack * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def _special_tokens_added(template: str) -> bool:
     # A chat template writes BOS itself; the plain templates rely on the tokenizer adding it, as in training.
     return template != "chat"
@@ -154,13 +166,12 @@ def _generate_hf(
     eos = _eos_ids(model, tokenizer)
     decoding = HFGenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=eos,
                                   pad_token_id=tokenizer.pad_token_id)
-    # Similar lengths in a batch waste less compute on padding.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    special = _special_tokens_added(template)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cfg.max_prompt_tokens,
+                                             add_special_tokens=special)["input_ids"]]
+    for batch in length_batches(lengths, batch_size):
         encoded = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
-                            max_length=cfg.max_prompt_tokens,
-                            add_special_tokens=_special_tokens_added(template)).to(model.device)
+                            max_length=cfg.max_prompt_tokens, add_special_tokens=special).to(model.device)
         with torch.inference_mode():
             output = model.generate(**encoded, generation_config=decoding)
         new = output[:, encoded["input_ids"].shape[1] :].tolist()

@@ -23,6 +23,7 @@ from superfilter.errors import DataError, UserError
 log = logging.getLogger(__name__)
 
 TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+CONTINUATION_CHUNK = 16
 DATA_PLACEHOLDER = "__DATA_DIR__"
 
 
@@ -267,9 +268,10 @@ def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) 
                 first, past = forward_tail(self.model, [context])  # predicts every continuation's first token
                 first = first[0, -1]
                 answers: list[tuple[float, bool]] = []
-                step = max(1, self.batch_size if isinstance(self.batch_size, int) else 1)
-                for start in range(0, len(continuations), step):
-                    chunk = continuations[start : start + step]
+                # One pass per chunk of continuations reads the weights once; the chunk bounds the memory of its
+                # log-probabilities (chunk × longest continuation × vocabulary floats).
+                for start in range(0, len(continuations), CONTINUATION_CHUNK):
+                    chunk = continuations[start : start + CONTINUATION_CHUNK]
                     width = max(len(c) for c in chunk) - 1
                     rest = None
                     if width:

@@ -36,17 +36,24 @@ def eval_stage(
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out_dir.parent.parent / "cache"
     run = _Run(Path(model_dir), Path(reference_dir) if reference_dir else None, cfg, device, out_dir, cache_root)
     metrics: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, step):
+        clock = time.perf_counter()
+        result = step()
+        timings[name] = round(time.perf_counter() - clock, 1)
+        return result
+
     if "pairwise" in cfg.suites or "alpaca_eval" in cfg.suites:
-        run.generate_all()
-    if "open_llm" in cfg.suites:
-        metrics["open_llm"] = run.open_llm()
-    if "pairwise" in cfg.suites:
-        metrics["pairwise"] = run.pairwise()
-    if "alpaca_eval" in cfg.suites:
-        metrics["alpaca_eval"] = run.alpaca_eval()
+        timed("generation", run.generate_all)
+    # Each model is loaded for one phase at a time, so memory holds one of them.
+    for suite in ("open_llm", "pairwise", "alpaca_eval"):
+        if suite in cfg.suites:
+            metrics[suite] = timed(suite, getattr(run, suite))
     if run.judge_summaries:
         write_json_atomic(out_dir / "judge" / "summary.json", run.judge_summaries)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["seconds_by_phase"] = timings
     write_json_atomic(out_dir / "eval" / "generation.json", run.generation_stats)
     table = summary_markdown(run, metrics)
     (out_dir / "eval" / "summary.md").write_text(table)
