@@ -113,6 +113,18 @@ def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[E
         "n_steps", "train_loop_s", "tokens_per_s", "loss_first", "loss_last")}, "n_tokens": metrics["data"]["n_tokens"]}
 
 
+def print_throughput(table: list[dict]) -> None:
+    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| mode | tokens/s (median) | min–max | tokens per CPU-second | computed slots per real token | s/step |")
+    print("|---|---|---|---|---|---|")
+    for row in table:
+        print(f"| {row['mode']} | {row['tokens_per_s_median']:.0f} | {row['tokens_per_s_min']:.0f}–"
+              f"{row['tokens_per_s_max']:.0f} | {row['tokens_per_cpu_s_median']:.0f} | {row['slots_per_token']:.2f} | "
+              f"{row['step_time_s_median']:.1f} |")
+    pad, pack = (r["tokens_per_s_median"] for r in table)
+    print(f"packing / padding = {pack / pad:.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma3_270m", help="a conf/model/strong name")
@@ -120,7 +132,7 @@ def main() -> None:
     parser.add_argument("--subset", default="", help="a subset.jsonl (default: random 10%% of alpaca_5k)")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median reported); 0 = skip")
     parser.add_argument("--stage-records", type=int, default=0, help="also time the whole stage on N records")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -130,16 +142,10 @@ def main() -> None:
     print(f"{args.train} on {args.model}: {len(examples)} records, batch {cfg.batch_size}, micro "
           f"{cfg.micro_batch_size}, {args.steps} steps × {args.repeats} repeats per mode, "
           f"{torch.get_num_threads()} threads", flush=True)
-    results: dict = {"throughput": throughput(args, cfg, examples)}
-    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("| mode | tokens/s (median) | min–max | tokens per CPU-second | computed slots per real token | s/step |")
-    print("|---|---|---|---|---|---|")
-    for row in results["throughput"]:
-        print(f"| {row['mode']} | {row['tokens_per_s_median']:.0f} | {row['tokens_per_s_min']:.0f}–"
-              f"{row['tokens_per_s_max']:.0f} | {row['tokens_per_cpu_s_median']:.0f} | {row['slots_per_token']:.2f} | "
-              f"{row['step_time_s_median']:.1f} |")
-    pad, pack = (r["tokens_per_s_median"] for r in results["throughput"])
-    print(f"packing / padding = {pack / pad:.2f}×")
+    results: dict = {}
+    if args.repeats:
+        results["throughput"] = throughput(args, cfg, examples)
+        print_throughput(results["throughput"])
     if args.stage_records:
         results["stage"] = stage_wall_time(args, cfg, examples)
         s = results["stage"]
