@@ -55,6 +55,10 @@ class JudgeRequest:
     # still judged once per order, as the protocol asks.
     order: str = ""
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"judge request kind must be one of {KINDS}, got {self.kind!r}")
+
     def messages(self) -> tuple[str, str]:
         """(system, user) text of the judge prompt for this request."""
         template = "pairwise" if self.kind == "scores" else "preference"

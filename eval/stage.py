@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def eval_stage(
     metrics: dict[str, Any] = {}
     timings: dict[str, float] = {}
 
-    def timed(name: str, step):
+    def timed(name: str, step: Callable[[], Any]) -> Any:
         clock = time.perf_counter()
         result = step()
         timings[name] = round(time.perf_counter() - clock, 1)
@@ -58,7 +59,7 @@ def eval_stage(
     table = summary_markdown(run, metrics)
     (out_dir / "eval" / "summary.md").write_text(table)
     log.info("evaluation summary:\n%s", table)
-    _mirror(tracker, out_dir, metrics)
+    _mirror(tracker, run, metrics)
     return metrics
 
 
@@ -275,7 +276,8 @@ def summary_markdown(run: _Run, metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _mirror(tracker: StageRun, out_dir: Path, metrics: dict[str, Any]) -> None:
+def _mirror(tracker: StageRun, run: _Run, metrics: dict[str, Any]) -> None:
+    """Results are on disk first; the tracker gets the headline numbers, the W/T/L table and the chart."""
     headline = {}
     if "winning_score" in metrics.get("pairwise", {}):
         headline["pairwise_winning_score"] = metrics["pairwise"]["winning_score"]
@@ -284,6 +286,10 @@ def _mirror(tracker: StageRun, out_dir: Path, metrics: dict[str, Any]) -> None:
     if "open_llm" in metrics:
         headline["open_llm_average"] = metrics["open_llm"]["average"]
     tracker.log(headline)
-    chart = out_dir / "eval" / "pairwise_wtl.png"
+    if run.tallies:
+        rows = [[t.name, t.win, t.tie, t.lose, t.unparseable, t.winning_score]
+                for t in [*run.tallies, pairwise.pooled(run.tallies)]]
+        tracker.table("pairwise", ["set", "win", "tie", "lose", "unparseable", "winning_score"], rows)
+    chart = run.out_dir / "eval" / "pairwise_wtl.png"
     if chart.exists():
         tracker.image("pairwise_wtl", chart)
