@@ -101,12 +101,32 @@ def _fake_cfg(**overrides) -> EvalConfig:
     )
 
 
+class Recorder(StageRun):
+    """A tracker that records what the stage mirrors."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "eval")
+        self.calls: list[tuple[str, object]] = []
+
+    def log(self, metrics, step=None) -> None:
+        self.calls.append(("log", metrics))
+
+    def image(self, name, path) -> None:
+        self.calls.append(("image", name))
+
+    def table(self, name, columns, rows) -> None:
+        self.calls.append(("table", len(rows)))
+
+
 def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     model_dir, reference_dir = models
     out = tmp_path / "eval" / "abc.partial"
     cfg = _fake_cfg()
     cfg.alpaca_eval.limit = 3
-    metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+    tracker = Recorder()
+    metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, tracker)
+    assert [c[0] for c in tracker.calls] == ["log", "table", "image"] and tracker.calls[1][1] == len(SETS) + 1
+    assert set(tracker.calls[0][1]) == {"pairwise_winning_score", "alpaca_eval_win_rate"}
 
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["unparseable"] == 2 * len(SETS)
     assert 0.0 <= metrics["pairwise"]["winning_score"] <= 2.0 and 0.0 <= metrics["alpaca_eval"]["win_rate"] <= 100
