@@ -486,7 +486,7 @@ def save_outputs(accelerator, model, tokenizer, job: TrainJob, out_dir: Path) ->
     tokenizer.save_pretrained(model_dir)
     write_json_atomic(model_dir / MODEL_INFO_FILE, {
         "template": cfg.template, "base_model": job.model.name, "base_model_spec": asdict(job.model),
-        "method": cfg.method, "max_length": cfg.max_length,
+        "method": cfg.method, "train_preset": cfg.name, "max_length": cfg.max_length,
     })
     accelerator.wait_for_everyone()
 
