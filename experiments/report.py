@@ -368,8 +368,25 @@ def budget_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "open_llm": percent((evaluation.get("open_llm") or {}).get("average")),
             "train": run.stage_path("train"), "partner_train": run.stage_path("train_reference"),
             "partner_is_full": partner_is_full(run, pairwise_file),
+            "eval_settings": ((read_json(eval_dir / "config.json") if eval_dir else None) or {}).get("params", {}),
         }
     return sorted(rows.values(), key=lambda r: (filter_rank(r["filter"]), r["ratio"] or 0))
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def settings_differences(rows: list[dict[str, Any]]) -> list[str]:
+    """Evaluation settings that are not the same in every row: such rows are not comparable."""
+    flat = [flatten(r["eval_settings"]) for r in rows if r["eval_settings"]]
+    keys = sorted({k for f in flat for k in f})
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
 
 
 def partner_is_full(run: Run, pairwise_file: dict[str, Any] | None) -> bool:
@@ -401,6 +418,9 @@ def budget_section(rows: list[dict[str, Any]], out: Path) -> list[str]:
                      fmt(row["alpaca_eval"], 2), fmt(row["open_llm"], 2), paper_pairwise,
                      fmt(paper.get("open_llm"), 2), fmt(paper.get("alpaca_eval"), 2)])
     lines = ["## Budget: winning score vs the partner and benchmarks (paper Tables 2/3)", ""]
+    differing = settings_differences(rows)
+    if differing:
+        lines += [f"**Warning: the evaluations below differ in {', '.join(differing)}; rows are not comparable.**", ""]
     lines += table(header, body)
     lines += ["", "Winning score = (W − L) / N + 1 over both answer orders (1.0 = parity with the partner). Paper "
               "columns: Alpaca 52k → LLaMA2-7B with GPT-2 IFD (Table 2; random, k-means, perplexity and "

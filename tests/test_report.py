@@ -91,11 +91,12 @@ def train_stage(root: Path, key: str, n: int) -> dict:
     return info
 
 
-def eval_stage(root: Path, key: str, overall: float) -> dict:
+def eval_stage(root: Path, key: str, overall: float, limit: int = 2) -> dict:
     sets = {name: overall for name in ("vicuna", "koala", "wizardlm", "sinstruct", "lima")}
     metrics = {"pairwise": {"sets": sets, "winning_score": overall, "win": 3, "tie": 4, "lose": 3, "n": 10},
                "alpaca_eval": {"win_rate": 40.0}, "open_llm": {"average": 0.3}, "seconds": 60.0}
     info = artifact(root, "eval", key.ljust(64, "0"), metrics)
+    write_json(Path(info["path"]) / "config.json", {"params": {"eval": {"pairwise": {"limit": limit}}}})
     write_json(Path(info["path"]) / "eval" / "pairwise.json", {"reference": "full 100%"})
     return info
 
@@ -107,12 +108,12 @@ def budget_folder(tmp_path):
     score = score_stage(root, "weak", 0, prepare, 20.0)
     full = train_stage(root, "full", 60)
     for i, (name, ratio) in enumerate((("superfilter", 0.05), ("random", 0.05), ("superfilter", 0.1))):
-        select = artifact(root, "select", f"{name}{ratio}".ljust(64, "0"),
+        select = artifact(root, "select", f"select{i}".ljust(64, "0"),
                           {"selector": name, "ratio": ratio, "count": int(N_RECORDS * ratio),
                            "subset": {"response_chars": {"mean": 100.0}}})
         stages = {"prepare": prepare, "score": dict(score, cache_hit=i > 0), "select": select,
-                  "train": train_stage(root, f"{name}{ratio}", 3), "train_reference": dict(full, cache_hit=i > 0),
-                  "eval": eval_stage(root, f"e{name}{ratio}", 1.0 + i / 10)}
+                  "train": train_stage(root, f"train{i}", 3), "train_reference": dict(full, cache_hit=i > 0),
+                  "eval": eval_stage(root, f"eval{i}", 1.0 + i / 10)}
         job(sweep / str(i), [f"ratio={ratio}", f"filter={name}", "experiment=cpu/budget_sweep"], stages)
     multirun_yaml(sweep, ["experiment=cpu/budget_sweep"])
     return sweep
@@ -145,8 +146,16 @@ def test_budget_folder(report, budget_folder, tmp_path):
     assert "0.936" in rows["| random5%"] and "1.100 (3/4/3)" in rows["| random5%"]
     assert "| 40.00 | 30.00 |" in rows["| superfilter10%"]  # AlpacaEval %, Open LLM as %
     assert "cached `" in text and "score 1," in text  # later jobs reused the one scoring
+    assert "Warning" not in text
     for plot in ("winning_scores.png", "loss_curves.png"):
         assert (tmp_path / "out" / plot).exists()
+
+
+def test_rows_evaluated_differently_are_flagged(report, budget_folder, tmp_path):
+    config = tmp_path / "artifacts" / "eval" / "eval20000000" / "config.json"  # superfilter 10%
+    write_json(config, {"params": {"eval": {"pairwise": {"limit": 4}}}})
+    text = report.build_report(budget_folder, tmp_path / "out").read_text()
+    assert "Warning: the evaluations below differ in eval.pairwise.limit" in text
 
 
 def test_missing_artifacts_do_not_break_the_report(report, consistency_folder, budget_folder, tmp_path):
