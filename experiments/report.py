@@ -302,7 +302,7 @@ def efficiency_section(found: list[Scorer]) -> list[str]:
             rows.append([f"{s.data} ({n:,})" if n else s.data, s.model, s.metrics.get("records_scored_this_run"),
                          fmt(s.metrics.get("scoring_seconds"), 0), fmt(rate, 3),
                          fmt(n / rate / 60 if rate and n else None, 1),
-                         fmt(ALPACA_SIZE / rate / 60 if rate else None, 0),
+                         f"{ALPACA_SIZE / rate / 60:,.0f}" if rate else "–",
                          fmt(fastest / rate if rate and fastest else None, 2), s.metrics.get("n_processes")])
     lines = ["## Scoring cost (paper Table 4)", ""]
     lines += table(["data", "scorer", "records timed", "seconds", "records/s", "minutes (all records)",
@@ -369,6 +369,8 @@ def budget_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "train": run.stage_path("train"), "partner_train": run.stage_path("train_reference"),
             "partner_is_full": partner_is_full(run, pairwise_file),
             "eval_settings": ((read_json(eval_dir / "config.json") if eval_dir else None) or {}).get("params", {}),
+            "open_llm_over": ((read_json(eval_dir / "eval" / "open_llm.json") if eval_dir else None) or {}).get(
+                "average_over"),
         }
     return sorted(rows.values(), key=lambda r: (filter_rank(r["filter"]), r["ratio"] or 0))
 
@@ -387,6 +389,26 @@ def settings_differences(rows: list[dict[str, Any]]) -> list[str]:
     flat = [flatten(r["eval_settings"]) for r in rows if r["eval_settings"]]
     keys = sorted({k for f in flat for k in f})
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+
+
+def settings_note(rows: list[dict[str, Any]]) -> list[str]:
+    """What the evaluations measured (from the first row's saved eval config), so small limits are not missed."""
+    settings = next((flatten(r["eval_settings"]) for r in rows if r["eval_settings"]), {})
+    if not settings:
+        return []
+    judge = settings.get("eval.judge.backend")
+    judge_name = settings.get("eval.judge.api_model") if judge == "openai" else settings.get("eval.judge.model.name")
+
+    def limit(key: str) -> str:
+        value = settings.get(key) or settings.get("eval.limit")
+        return "all" if not value else str(value)
+
+    over = next((r["open_llm_over"] for r in rows if r["open_llm_over"]), None)
+    return [f"Evaluation settings: judge {judge} `{judge_name}`; pairwise {limit('eval.pairwise.limit')} prompts per "
+            f"test set; AlpacaEval {settings.get('eval.alpaca_eval.version')} on {limit('eval.alpaca_eval.limit')} "
+            f"prompts; Open LLM average over {', '.join(over) if over else '–'} with "
+            f"{limit('eval.open_llm.limit')} items per task; answers of at most "
+            f"{settings.get('eval.generation.max_new_tokens')} new tokens.", ""]
 
 
 def partner_is_full(run: Run, pairwise_file: dict[str, Any] | None) -> bool:
@@ -422,7 +444,8 @@ def budget_section(rows: list[dict[str, Any]], out: Path) -> list[str]:
     if differing:
         lines += [f"**Warning: the evaluations below differ in {', '.join(differing)}; rows are not comparable.**", ""]
     lines += table(header, body)
-    lines += ["", "Winning score = (W − L) / N + 1 over both answer orders (1.0 = parity with the partner). Paper "
+    lines += ["", *settings_note(rows)]
+    lines += ["Winning score = (W − L) / N + 1 over both answer orders (1.0 = parity with the partner). Paper "
               "columns: Alpaca 52k → LLaMA2-7B with GPT-2 IFD (Table 2; random, k-means, perplexity and "
               "self-filtering from Table 3), GPT-4 judge, the full test sets; AlpacaEval v1 and the Open LLM "
               "average in %. Ours: see the judge and limits in each evaluation's summary.md.", ""]
