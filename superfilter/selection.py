@@ -50,7 +50,7 @@ class SelectConfig:
     embed_model: Any = None
     similarity: str = "euclidean"  # facility location: euclidean (submodlib's exp(-d/dim)) | cosine
     dense_max: int = 12_000  # facility location on more rows than this uses a sparse k-NN similarity
-    n_neighbors: int = 100  # neighbours per row in the sparse similarity
+    n_neighbors: int = 300  # neighbours per row in the sparse similarity
     n_clusters: int = 100  # kmeans: clusters the budget is spread over
     embed_batch_size: int = 64
 

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--sparse-sizes", type=int, nargs="+", default=[1000, 2500, 5000, 10000, 20000])
     parser.add_argument("--n-neighbors", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quality-max", type=int, default=5000, help="largest n compared with dense (8n² bytes)")
     parser.add_argument("--one", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -97,7 +98,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for (n, mode), rs in sorted(results.items()):
         kept = agree = ""
-        if mode == "sparse" and (n, "dense") in results and n <= 5000:
+        if mode == "sparse" and (n, "dense") in results and n <= args.quality_max:
             k_ratio, o = quality(n, results[(n, "dense")][0]["order"], rs[0]["order"])
             kept, agree = f"{k_ratio:.3f}", f"{o:.2f}"
         print(f"| {n} | {rs[0]['k']} | {mode} | {statistics.median(r['seconds'] for r in rs):.2f} | "
