@@ -200,12 +200,13 @@ def main() -> None:
         print(json.dumps(memory_child(args.memory_child, Path(args.workdir))))
         return
 
-    examples = load_examples(DataConfig(path=args.data))[0]
-    model, tokenizer = load_model(model_from_name(args.model), "cpu")
     report: dict = {"date": datetime.date.today().isoformat(), "model": args.model, "data": args.data,
                     "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                     "load_average": os.getloadavg()}
     print(f"{report}", flush=True)
+    if args.records or args.boundary_records:
+        examples = load_examples(DataConfig(path=args.data))[0]
+        model, tokenizer = load_model(model_from_name(args.model), "cpu")
     if args.records:
         report["speed"] = bench_speed(examples[:args.records], model, tokenizer, args.repeats, args.batch_tokens)
         print(f"speed: {report['speed']}", flush=True)
