@@ -530,19 +530,26 @@ def score_shards_to_dir(engine: Engine, examples: Sequence[Example], layout: lis
             write_shard(shard_dir, shard, table, time.perf_counter() - started)
 
 
-def merge_shards(shard_dir: Path, layout: list[list[int]], n_records: int) -> pd.DataFrame:
-    """All shards as one table in input order; fails on any duplicate, missing or misplaced record."""
-    frames = []
+def merge_shards(shard_dir: Path, layout: list[list[int]], n_records: int):
+    """All shards as one Arrow table in input order; fails on any duplicate, missing or misplaced record.
+
+    Arrow, not pandas: concatenation shares the shards' buffers, so the merge costs about one copy of the table.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
     for shard, indices in enumerate(layout):
-        table = pd.read_parquet(shard_path(shard_dir, shard))
-        if table["_index"].tolist() != list(indices):
+        table = pq.read_table(shard_path(shard_dir, shard))
+        if not np.array_equal(table.column("_index").to_numpy(), indices):
             raise RuntimeError(f"{shard_path(shard_dir, shard)}: holds other records than the layout assigns it")
-        frames.append(table)
-    merged = pd.concat(frames, ignore_index=True)
-    counts = np.bincount(merged["_index"].to_numpy(), minlength=n_records)
+        tables.append(table)
+    merged = pa.concat_tables(tables)
+    index = merged.column("_index").to_numpy()
+    counts = np.bincount(index, minlength=n_records)
     if len(counts) != n_records or (counts != 1).any():
         raise RuntimeError(f"{shard_dir}: shards do not cover each of the {n_records} records exactly once")
-    return merged.sort_values("_index").drop(columns="_index").reset_index(drop=True)
+    return merged.take(np.argsort(index, kind="stable")).drop_columns(["_index"])
 
 
 def balance_shards(shards: Sequence[int], costs: Sequence[float], n_workers: int) -> list[list[int]]:
@@ -619,9 +626,11 @@ def plot_ifd_histogram(scores: pd.DataFrame, path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_parquet_atomic(table: pd.DataFrame, path: Path) -> None:
+def write_parquet_atomic(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
@@ -663,8 +672,10 @@ def score_stage(
         started = time.perf_counter()
         score_shards_to_dir(engine, examples, layout, todo, cfg, shard_dir, progress=True)
         seconds = time.perf_counter() - started
-    scores = merge_shards(shard_dir, layout, len(examples))
-    write_parquet_atomic(scores, Path(out_dir) / "scores.parquet")
+    merged = merge_shards(shard_dir, layout, len(examples))
+    write_parquet_atomic(merged, Path(out_dir) / "scores.parquet")
+    scores = merged.select(["id", "n_response_tokens", "ifd", "skip_reason"]).to_pandas()
+    del merged
     metrics = score_metrics(scores, cfg)
     metrics.update({
         "model": model.name,
