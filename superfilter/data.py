@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -239,6 +240,12 @@ def parse_record(record: Any, fmt: str, fields: Mapping[str, str], where: str) -
     return parse_flat(record, {**FIELD_PRESETS[kind], **fields}, where)
 
 
+def is_blank(text: str) -> bool:
+    """Nothing visible: empty, or only whitespace and invisible format characters (zero-width space, joiners,
+    BOM). The one rule for an empty response: prepare counts these and scoring skips them as empty_response."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
 # ---------------------------------------------------------------- loading a whole source
 
 
@@ -278,7 +285,7 @@ def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
         seen.add(ex.id)
         examples.append(ex)
         report.n_empty_instruction += not ex.instruction.strip()
-        report.n_empty_output += not ex.output.strip()
+        report.n_empty_output += is_blank(ex.output)
         report.n_with_input += bool(ex.input.strip())
         report.n_multi_turn += bool(ex.history)
     if not examples:
@@ -288,7 +295,7 @@ def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
         log.warning("%s: dropped %d exact duplicates, e.g. %s", source, report.n_duplicates,
                     report.duplicate_examples[:2])
     if report.n_empty_output:
-        log.warning("%s: %d records have an empty output (they will be skipped by scoring)",
+        log.warning("%s: %d records have an empty or blank output (they will be skipped by scoring)",
                     source, report.n_empty_output)
     return examples, report
 
