@@ -42,13 +42,13 @@ NONE_NO_INPUT = "{instruction}\n"
 
 
 def _whole_text_loss(model, tokenizer, text: str, max_length: int) -> float:
-    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
     with torch.no_grad():
         return model(input_ids, labels=input_ids.contiguous(), output_hidden_states=True).loss.item()
 
 
 def _part_text_loss(model, tokenizer, text: str, target_span: str, max_length: int) -> float:
-    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
     start_token = len(tokenizer.encode(text[:text.rfind(target_span)]))
     labels = input_ids.clone()
     labels[0, :start_token] = -100
