@@ -32,7 +32,7 @@ class ReferenceNllConfig:
     paths: list[str] = field(default_factory=lambda: ["data/alpaca_eval/text_davinci_003_model_outputs.json"])
     limit: int = 0  # first N items per file; 0 = eval.limit
     max_tokens: int = 1024  # prompt + answer; longer items keep their first max_tokens tokens (counted)
-    batch_size: int = 4
+    batch_size: int = 1  # the LM head's output is positions × vocabulary floats per row
 
 
 def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
@@ -85,9 +85,12 @@ def load_items(path: str, limit: int = 0) -> list[dict[str, str]]:
 
 def item_nll(model: Any, tokenizer: Any, items: Sequence[dict[str, str]], template: str, max_tokens: int,
              batch_size: int) -> list[dict[str, Any]]:
-    """Per item: summed and mean NLL (nats) of the answer tokens given the prompt, token count, truncation."""
-    import torch
+    """Per item: summed and mean NLL (nats) of the answer tokens given the prompt, token count, truncation.
 
+    Only the positions that predict an answer token go through the LM head (Gemma's is 262k wide); the answer
+    is the end of the rendered text, so those are the last positions of each row.
+    """
+    from eval.lm import forward_tail
     from superfilter.data import Example
     from train.collate import IGNORE, encode
 
@@ -101,19 +104,19 @@ def item_nll(model: Any, tokenizer: Any, items: Sequence[dict[str, str]], templa
         ids = [list(encoded[i].input_ids[:max_tokens]) for i in batch]
         labels = [list(encoded[i].labels[:max_tokens]) for i in batch]
         width = max(len(x) for x in ids)
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=model.device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=model.device)
-        targets = torch.tensor([y[1:] + [IGNORE] * (width - len(y) + 1) for y in labels], device=model.device)
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
-                                                   reduction="none")
+        # Position p - 1 predicts token p; position 0 has no prediction and is never scored.
+        scored = [[p for p in range(1, len(y)) if y[p] != IGNORE] for y in labels]
+        first = min((s[0] for s in scored if s), default=width)
+        keep = max(width - (first - 1), 1)
+        # Right padding: under causal attention no real token sees the padding after it.
+        logprobs, _ = forward_tail(model, [x + [pad] * (width - len(x)) for x in ids], None, keep)
+        offset = width - keep
         for row, i in enumerate(batch):
-            n = int((targets[row] != IGNORE).sum())
-            total = float(losses[row].sum())
+            total = -sum(float(logprobs[row, p - 1 - offset, labels[row][p]]) for p in scored[row])
+            n = len(scored[row])
             out[i] = {"id": items[i]["id"], "n_tokens": n, "nll_sum": total,
-                      "nll_mean": total / n if n else math.nan,
-                      "truncated": encoded[i].n_tokens > max_tokens}
+                      "nll_mean": total / n if n else math.nan, "truncated": encoded[i].n_tokens > max_tokens}
+        del logprobs
     return out
 
 
