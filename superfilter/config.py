@@ -12,6 +12,7 @@ from eval.config import EvalConfig
 from superfilter.data import DataConfig
 from superfilter.errors import ConfigError
 from superfilter.models import ModelConfig
+from superfilter.presets import register_model_roles
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import ScoreConfig
 from superfilter.selection import SelectConfig
@@ -45,7 +46,9 @@ class Config:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    register_model_roles(store)
 
 
 def to_config(cfg: DictConfig | Config) -> Config:

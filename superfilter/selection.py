@@ -54,6 +54,11 @@ class SelectConfig:
     n_clusters: int = 100  # kmeans: clusters the budget is spread over
     embed_batch_size: int = 64
 
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields this selector ignores here, left out of the select key: embed_model unless the weak model embeds."""
+        embeds_with_model = self.embedder == "weak" and self.name in SELECTORS and SELECTORS[self.name].needs_embeddings
+        return () if embeds_with_model else ("embed_model",)
+
     def validate(self) -> None:
         if self.name not in SELECTORS:
             raise ConfigError(f"filter.name must be one of {sorted(SELECTORS)}, got {self.name!r}")

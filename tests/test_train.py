@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from superfilter.data import Example, write_examples
 from superfilter.errors import ConfigError, DataError
-from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model
+from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model, resolve_model_dir
 from superfilter.prompts import generation_prompt, render
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
@@ -199,6 +199,25 @@ def test_lora_changes_adapters_only(tmp_path, tiny_model):
     # The frozen base itself is unchanged: reloading it gives the original weights.
     reloaded, _ = load_model(TINY, "cpu")
     assert all(torch.equal(v, base[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_lora_adapter_loads_elsewhere_with_plain_peft(tmp_path, monkeypatch):
+    import shutil
+
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = TrainConfig(method="lora", lr=1e-2, max_steps=2, batch_size=4, micro_batch_size=4, save_steps=0)
+    _, out = stage(tmp_path, records(4), cfg)
+    moved = shutil.copytree(out / "adapter", tmp_path / "elsewhere" / "adapter")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert PeftConfig.from_pretrained("adapter").base_model_name_or_path == TINY.path  # the spec, not a cache folder
+    spec = ModelConfig(**json.loads((moved / MODEL_INFO_FILE).read_text())["base_model_spec"])
+    assert spec == TINY
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(spec))
+    merged = PeftModel.from_pretrained(base, "adapter").merge_and_unload().state_dict()
+    ours = load_file(out / "model" / "model.safetensors")
+    assert set(ours) <= set(merged) and all(torch.allclose(merged[k], v) for k, v in ours.items())
 
 
 KILLABLE = """
