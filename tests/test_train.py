@@ -240,6 +240,7 @@ sft.train_stage(Path(sys.argv[1]), ModelConfig(), cfg, 0, RuntimeConfig(device="
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     from dataclasses import asdict
 
@@ -277,6 +278,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_see_each_record_once_per_epoch(tmp_path):
     # 9 records, batch 4: the last step of each epoch has one record, so one rank trains on none (weight 0).
     cfg = TrainConfig(method="full", lr=1e-3, epochs=2, batch_size=4, micro_batch_size=1, save_steps=0)
