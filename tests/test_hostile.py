@@ -151,10 +151,10 @@ def run_pipeline(overrides: list[str], capsys) -> tuple[int, str]:
 def assert_one_line(code: int, message: str, fragments: list[str]) -> None:
     assert code == 2, message
     assert "Traceback" not in message
-    # The command logs progress (INFO) to stderr too: the error itself is one line.
-    errors = [line for line in message.strip().splitlines() if "error" in line] if "superfilter " in message else \
-        message.strip().splitlines()
-    assert len(errors) == 1, message
+    lines = message.strip().splitlines()
+    if any(line.startswith("superfilter ") for line in lines):  # the command logs progress (INFO) to stderr too
+        lines = [line for line in lines if ": error: " in line]
+    assert len(lines) == 1, message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
 
@@ -359,3 +359,20 @@ def test_real_processes_exit_2_with_one_line(tmp_path):
                              str(tmp_path / "out.jsonl"), "--model", "tiny", "--artifacts", str(tmp_path / "a")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert_process_fails(result, "latin1.jsonl:1: not UTF-8")
+
+
+def test_inspect_names_a_corrupt_parquet(tmp_path, capsys):
+    path = corrupt_parquet(tmp_path)
+    capsys.readouterr()
+    assert_one_line(main(["inspect", str(path)]), capsys.readouterr().err, ["good.parquet", "not a readable Parquet"])
+
+
+def test_valid_but_unusual_files_score_alike(tmp_path):
+    """A UTF-8 BOM and raw U+2028 inside a string are valid JSON: the file and the same records in memory score."""
+    records = [{"instruction": "Line\u2028separator?", "output": "Yes, inside a string."}, GOOD]
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    from_file = superfilter.score(path, model="tiny", artifact_root=tmp_path / "a", max_length=64)
+    in_memory = superfilter.score(records, model="tiny", artifact_root=tmp_path / "a", max_length=64)
+    assert [r["instruction"] for r in from_file] == [r["instruction"] for r in records]
+    assert [r["ifd"] for r in from_file] == [r["ifd"] for r in in_memory]
