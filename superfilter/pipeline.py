@@ -140,6 +140,10 @@ def trained_model(cfg: Config, examples: Artifact) -> Artifact:
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
     done: dict[str, Artifact] = {}
+    if "eval" in cfg.stages:
+        from eval.stage import check
+
+        check(cfg.eval)  # unknown tasks, missing files, Hub-only tasks offline: fail before any model loads
     examples = done["prepare"] = prepare(cfg)
     wanted = set(cfg.stages)
     if "score" in wanted:
