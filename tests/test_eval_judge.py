@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from eval.config import JudgeConfig
+from eval.judge.hf import _Trie
 from eval.judge import (
     AnnotationCache,
     FakeJudge,
@@ -18,7 +19,7 @@ from eval.judge import (
     JudgeError,
     JudgeRequest,
     OpenAIJudge,
-    _Trie,
+
     judge_all,
     parse_reply,
 )
