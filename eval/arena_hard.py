@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.judge import Annotation, JudgeRequest
-from superfilter.errors import DataError
+from superfilter.errors import DataError, UserError
 
 BENCH = "arena-hard-v0.1"
 BASELINE = "gpt-4-0314"
@@ -245,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    records = [r for path in args.judgments for _, r in read_judgments(path)]
+    try:
+        records = [r for path in args.judgments for _, r in read_judgments(path)]
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     baselines = sorted({str(r.get("baseline", BASELINE)) for r in records})
     rows = standings(records, args.rounds, args.seed)
     if args.json:

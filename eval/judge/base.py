@@ -1,4 +1,4 @@
-"""What every judge shares: requests and their prompts, annotations and how replies are read, the cache, the registry."""
+"""What every judge shares: requests and prompts, annotations and how replies are read, the cache, the registry."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def arena_hard_verdict(judgment: str, patterns: Sequence[str] = ARENA_HARD_PATTE
 
 
 def parse_reply(key: str, kind: str, raw: str, **usage: Any) -> Annotation:
-    """Read a text reply: two scores on the first line, the letter (or identifier) of the better output, or a verdict."""
+    """Read a text reply: two scores on the first line, the letter (identifier) of the better output, or a verdict."""
     first_line = raw.split("\n", 1)[0].strip()
     if kind == "scores":
         scores = parse_scores(raw)
