@@ -155,7 +155,8 @@ def load_annotations(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def summarize(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | None = None) -> dict[str, Any]:
+def summarize(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | None = None,
+              length_controlled: bool = True) -> dict[str, Any]:
     """Raw metrics (alpaca_eval's get_winrate when installed), average length, and the length-controlled win rate
     through alpaca_eval's own GLM, or `length_controlled_unavailable` saying why it is not there."""
     preferences = [r["preference"] for r in records]
@@ -169,7 +170,10 @@ def summarize(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | Non
     out: dict[str, Any] = {"generator": records[0]["generator_2"], "baseline": records[0]["generator_1"], **raw,
                            "avg_length": int(sum(len(str(r["output_2"])) for r in records) / len(records)),
                            "computed_by": computed_by}
-    out.update(length_controlled(records, df_gamed_path))
+    if length_controlled:
+        out.update(length_controlled_rate(records, df_gamed_path))
+    else:
+        out.update(length_controlled_winrate=None, length_controlled_unavailable="not computed for this baseline")
     return out
 
 
@@ -191,7 +195,8 @@ def _alpaca_eval_version() -> str:
     return version("alpaca_eval")
 
 
-def length_controlled(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | None = None) -> dict[str, Any]:
+def length_controlled_rate(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | None = None
+                           ) -> dict[str, Any]:
     """alpaca_eval's get_length_controlled_winrate (GLM length_controlled_v1). Its df_gamed.csv comes from the Hub
     when reachable, else from `df_gamed_path`; without either the rate is unavailable, with the reason."""
     try:

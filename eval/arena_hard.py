@@ -111,7 +111,7 @@ def judge_requests(questions: Sequence[Question], baseline: dict[str, str], answ
 def model_answer_records(questions: Sequence[Question], answers: Sequence[str], model: str) -> list[dict[str, Any]]:
     """model_answer/<model>.jsonl records, the layout gen_answer.py writes."""
     now = time.time()
-    return [{"uid": q.uid, "ans_id": f"{q.uid}-{_slug(model)}", "model": model, "tstamp": now,
+    return [{"uid": q.uid, "ans_id": f"{q.uid}-{slug(model)}", "model": model, "tstamp": now,
              "messages": [{"role": "user", "content": q.prompt}, {"role": "assistant", "content": {"answer": a}}]}
             for q, a in zip(questions, answers, strict=True)]
 
@@ -234,8 +234,17 @@ def format_table(rows: Sequence[Standing], baseline: str = BASELINE) -> str:
     return "\n".join(lines)
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A file-name-safe form of a model or judge name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """One JSON object per line, written to a temporary name and renamed, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    partial.replace(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
