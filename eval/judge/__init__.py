@@ -20,6 +20,7 @@ from eval.judge.base import (
     annotation_key,
     arena_hard_verdict,
     judge_all,
+    judge_label,
     judge_prompt,
     make_judge,
     parse_reply,
@@ -34,6 +35,6 @@ __all__ = [
     "ALPACA_EVAL_2_TOKENS", "ARENA_HARD_PATTERNS", "ARENA_HARD_VERDICTS", "JUDGES", "KINDS", "SCORE_VALUES",
     "SMALL_JUDGE_NOTE", "Annotation", "AnnotationCache", "FakeJudge", "HFJudge", "Judge", "JudgeError", "JudgeRequest",
     "OpenAIJudge", "ReplayJudge", "alpaca_eval_2_preference", "annotation_key", "arena_hard_verdict",
-    "fake", "hf", "judge_all", "judge_prompt", "length_reply", "make_judge", "openai_api", "parse_reply",
+    "fake", "hf", "judge_all", "judge_label", "judge_prompt", "length_reply", "make_judge", "openai_api", "parse_reply",
     "register_judge", "replay",
 ]

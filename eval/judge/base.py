@@ -231,6 +231,11 @@ def judge_all(judge: Judge, requests: Sequence[JudgeRequest], caches: Sequence[A
     return annotations, summary
 
 
+def judge_label(cfg: JudgeConfig) -> str:
+    """The judge's name in file names and leaderboards: the API model, the local model's name, or the backend."""
+    return {"openai": cfg.api_model, "hf": cfg.model.name}.get(cfg.backend, cfg.backend)
+
+
 JudgeFactory = Callable[[JudgeConfig, str, int, float], Judge]  # (config, device, concurrency, backoff_s)
 JUDGES: dict[str, JudgeFactory] = {}
 

@@ -55,14 +55,9 @@ def prompts(ctx: Context, cfg: ArenaHardConfig) -> Prompts:
     return Prompts(model={"questions": [Prompt(q.uid, q.prompt) for q in _questions(ctx, cfg)]})
 
 
-def judge_label(ctx: Context) -> str:
-    """The judge's name in arena-hard-auto's folder layout (model_judgment/<judge>/)."""
-    judge = ctx.cfg.judge
-    return {"openai": judge.api_model, "hf": judge.model.name}.get(judge.backend, judge.backend)
-
-
 def run(ctx: Context, cfg: ArenaHardConfig) -> Result:
     from eval import arena_hard
+    from eval.judge import judge_label
     from superfilter.errors import DataError
 
     questions, answers = _questions(ctx, cfg), ctx.outputs["arena_hard"]["questions"]
@@ -72,7 +67,7 @@ def run(ctx: Context, cfg: ArenaHardConfig) -> Result:
         raise DataError(f"{baseline_file}: field 'model' is {baseline_model!r}, expected {cfg.baseline!r}")
     requests = arena_hard.judge_requests(questions, baseline, answers)
     judged = ctx.judge_all("arena_hard", requests)
-    judge = judge_label(ctx)
+    judge = judge_label(ctx.cfg.judge)  # arena-hard-auto's folder layout: model_judgment/<judge>/
     records = arena_hard.judgment_records(questions, requests, judged, ctx.model_name, judge, cfg.baseline)
     folder = ctx.eval_dir / "arena_hard" / arena_hard.BENCH
     answer_file = folder / "model_answer" / f"{arena_hard.slug(ctx.model_name)}.jsonl"
