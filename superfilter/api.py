@@ -18,7 +18,7 @@ import yaml
 
 from superfilter import pipeline
 from superfilter.artifacts import Artifact
-from superfilter.config import Config, ModelsConfig, check_types, type_problem, validate
+from superfilter.config import Config, ModelsConfig, check_seed, check_types, type_problem, validate
 from superfilter.data import DataConfig, Example, check_encodable, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, cache_dir, model_from_name
@@ -60,6 +60,8 @@ class Records:
 
 def read_records(data: Any) -> Records:
     if isinstance(data, (str, os.PathLike)):
+        if not os.fspath(data):
+            raise DataError("data is an empty path; give a JSON, JSONL or Parquet file")
         path = Path(data).expanduser()
         numbered = list(iter_raw_records(path))
         return Records([r for _, r in numbered], "path", path=path.resolve(),
@@ -192,7 +194,7 @@ def filter_config(method: str, options: Mapping[str, Any], model: ModelConfig | 
     if values.get("embed_model") is not None:
         values["embed_model"] = resolve_model(values["embed_model"])
     cfg = SelectConfig(**values)
-    check_types(cfg)
+    check_types(cfg, "filter.")
     cfg.validate()
     return cfg
 
@@ -289,6 +291,7 @@ def select(scored: Any, ratio: float = 0.1, method: str = "superfilter", *, seed
                                    ("device", device, "str")):
         if (problem := type_problem(value, type_name)) is not None:
             raise ConfigError(f"{name} must be {problem}, got {value!r}")
+    check_seed(seed)
     RuntimeConfig(device=device).validate()
     cfg = filter_config(method, parts["select"], model=None)
     if not 0.0 < ratio <= 1.0:
