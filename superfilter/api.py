@@ -238,7 +238,7 @@ def prepare_records(config: Config, records: Records) -> Artifact:
         for row in records.rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     try:
-        return pipeline.prepare(replace(config, data=replace(config.data, path=f.name)))
+        return pipeline.prepare(replace(config, data=replace(config.data, path=f.name)), label=records.kind)
     finally:
         os.unlink(f.name)
 

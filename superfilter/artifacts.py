@@ -46,16 +46,17 @@ def stage_dir(root: Path, stage: str, key: str) -> Path:
     return Path(root) / stage / key[:12]
 
 
-def check_root(root: Path) -> None:
-    """An artifact root that cannot hold folders fails now, naming the culprit, not as an OS error mid-run."""
+def check_root(root: Path, subject: str = "") -> None:
+    """A folder that cannot be created or written fails now, naming the culprit, not as an OS error mid-run.
+    subject: how the message names the setting (default `artifact_root=<root>`)."""
+    subject = subject or f"artifact_root={root}"
     probe = root
     while not os.path.lexists(probe) and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        what = "is a file" if probe.is_file() else "is not a folder"
-        raise ConfigError(f"artifact_root={root}: {probe} {what}; point artifact_root at a folder")
+        raise ConfigError(f"{subject}: {probe} {'is a file, not' if probe.is_file() else 'is not'} a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"artifact_root={root}: {probe} is not writable")
+        raise ConfigError(f"{subject}: {probe} is not writable")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from superfilter.artifacts import check_root
 from superfilter.data import FORMATS, check_source_file, file_container
 from superfilter.errors import DataError, UserError
 
@@ -223,6 +224,7 @@ def check_paths(args: argparse.Namespace) -> Path:
     out = Path(args.out).expanduser()
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; give a file name")
+    check_root(out.parent, f"--out {out}")
     if out.exists() and os.path.samefile(out, source) and not args.force:
         raise UserError(f"--out {out} is the input file: the output would replace your data; write elsewhere, "
                         "or pass --force to replace it")

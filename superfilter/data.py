@@ -437,12 +437,13 @@ class LoadReport:
     duplicate_examples: list[str] = field(default_factory=list)
 
 
-def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
-    """Read the configured source, drop exact duplicates (reported), count empty fields."""
+def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Example], LoadReport]:
+    """Read the configured source, drop exact duplicates (reported), count empty fields. `label`: how to name a
+    file the caller wrote from in-memory records, one per line (record i is `label[i]`, not a line of that file)."""
     cfg.validate()
     if cfg.path:
         path = resolve_path(cfg.path)
-        source = str(path)
+        source = label or str(path)
         records: Iterable[tuple[int, Any]] = iter_raw_records(path)
     else:
         source = f"hub:{cfg.hub_id}"
@@ -454,11 +455,13 @@ def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
     for lineno, record in records:
         if cfg.limit and len(examples) >= cfg.limit:
             break
-        ex = parse_record(record, cfg.format, cfg.fields, f"{source}:{lineno}", counts)
+        ex = parse_record(record, cfg.format, cfg.fields,
+                          f"{label}[{lineno - 1}]" if label else f"{source}:{lineno}", counts)
         if ex.id in seen:
             report.n_duplicates += 1
             if len(report.duplicate_examples) < 5:
-                report.duplicate_examples.append(f"line {lineno}: {ex.instruction[:60]!r}")
+                name = f"{label}[{lineno - 1}]" if label else f"line {lineno}"
+                report.duplicate_examples.append(f"{name}: {ex.instruction[:60]!r}")
             continue
         seen.add(ex.id)
         examples.append(ex)

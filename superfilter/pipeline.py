@@ -61,7 +61,8 @@ def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifa
     return artifacts.run_stage(Path(cfg.artifact_root), name, VERSIONS[name], params, upstream, tracked_build)
 
 
-def prepare(cfg: Config) -> Artifact:
+def prepare(cfg: Config, label: str | None = None) -> Artifact:
+    """label: how messages name the records when data.path is a copy of in-memory records (load_examples)."""
     params = key_params(cfg.data, drop=("name", "path"))
     if cfg.data.path:  # content, not location, decides the key: a moved file stays a cache hit
         path = resolve_path(cfg.data.path)
@@ -69,7 +70,7 @@ def prepare(cfg: Config) -> Artifact:
         params["file_sha256"] = file_digest(path)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        examples, report = load_examples(cfg.data)
+        examples, report = load_examples(cfg.data, label)
         write_examples(examples, out_dir / "examples.jsonl")
         return {"data": cfg.data.name, **as_dict(report)}
 

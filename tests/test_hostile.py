@@ -376,3 +376,22 @@ def test_valid_but_unusual_files_score_alike(tmp_path):
     in_memory = superfilter.score(records, model="tiny", artifact_root=tmp_path / "a", max_length=64)
     assert [r["instruction"] for r in from_file] == [r["instruction"] for r in records]
     assert [r["ifd"] for r in from_file] == [r["ifd"] for r in in_memory]
+
+
+def test_artifact_root_or_out_folder_that_is_a_file(tmp_path, capsys, good):
+    code, message = run_pipeline(pipeline_overrides(good, good), capsys)
+    assert_one_line(code, message, [f"artifact_root={good}", "is a file, not a folder"])
+    with pytest.raises(UserError) as e:
+        superfilter.score(good, model="tiny", artifact_root=good / "sub")
+    assert_one_line(2, str(e.value), ["artifact_root=", "is a file, not a folder"])
+    capsys.readouterr()
+    code = main(["score", str(good), "--out", str(good / "out.jsonl"), "--model", "tiny",
+                 "--artifacts", str(tmp_path / "a")])
+    assert_one_line(code, capsys.readouterr().err, [f"--out {good / 'out.jsonl'}", "is a file, not a folder"])
+    assert not (tmp_path / "a").exists()
+
+
+def test_in_memory_duplicates_are_named_by_position(tmp_path, caplog):
+    superfilter.score([GOOD, GOOD], model="tiny", artifact_root=tmp_path, max_length=64)
+    assert "list: dropped 1 exact duplicates, e.g. [\"list[1]:" in caplog.text
+    assert ".records-" not in caplog.text
