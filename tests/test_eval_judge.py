@@ -322,3 +322,29 @@ def test_openai_backend_sends_the_official_settings_and_reads_alpaca_eval_2_and_
     assert summary["unparseable"] == 2
     assert summary["retries"] == {"http_429": 2, "http_500": 4, "timeout": 2, "malformed_body": 2}
     assert math.isclose(summary["cost_usd"], (8 * (50 * 0.03 + 1 * 0.06) + 8 * (900 * 0.03 + 300 * 0.06)) / 1000)
+
+
+def test_a_backend_registers_itself_and_unknown_backends_fail_naming_the_registered_ones():
+    from eval.config import EvalConfig
+    from eval.judge import JUDGES, make_judge, register_judge
+    from superfilter.errors import ConfigError
+
+    assert set(JUDGES) >= {"openai", "hf", "replay", "fake"}
+
+    @register_judge("constant")
+    def _constant(cfg, device, concurrency, backoff_s):
+        return FakeJudge(lambda request: "b")
+
+    try:
+        judge = make_judge(JudgeConfig(backend="constant"))
+        (annotation,), _ = judge_all(judge, [JudgeRequest("preference", "q", "x", "y")], [])
+        assert annotation.p_second == 1.0
+        EvalConfig(suites=["alpaca_eval"], judge=JudgeConfig(backend="constant")).validate()
+        with pytest.raises(ValueError, match="registered twice"):
+            register_judge("constant")(_constant)
+    finally:
+        del JUDGES["constant"]
+    with pytest.raises(ConfigError, match=r"eval.judge.backend: unknown 'constant'; choose from \[.*'fake'"):
+        make_judge(JudgeConfig(backend="constant"))
+    with pytest.raises(ConfigError, match="eval.judge.backend: unknown"):
+        EvalConfig(suites=["alpaca_eval"], judge=JudgeConfig(backend="constant")).validate()
