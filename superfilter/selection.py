@@ -34,7 +34,8 @@ BUDGET_EPSILON = 1e-9
 
 @dataclass
 class SelectConfig:
-    # allow_empty decides only whether an empty result is an error, never which records are chosen.
+    # allow_empty never changes which records are chosen, only whether none is an error (pipeline.select_params
+    # still keys an allowed-empty run apart, so a run that forbids it never reuses an empty subset).
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size", "allow_empty")
 
     name: str = "superfilter"
