@@ -364,8 +364,7 @@ def budget_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "partner": (pairwise_file or {}).get("reference") if "winning_score" in pairwise else None,
             "sets": pairwise.get("sets") or {}, "overall": pairwise.get("winning_score"),
             "wtl": (pairwise.get("win"), pairwise.get("tie"), pairwise.get("lose")),
-            "alpaca_eval": (evaluation.get("alpaca_eval") or {}).get("win_rate"),
-            "open_llm": percent((evaluation.get("open_llm") or {}).get("average")),
+            "suites": suite_columns(evaluation),
             "train": run.stage_path("train"), "partner_train": run.stage_path("train_reference"),
             "partner_is_full": partner_is_full(run, pairwise_file),
             "eval_settings": ((read_json(eval_dir / "config.json") if eval_dir else None) or {}).get("params", {}),
@@ -373,6 +372,17 @@ def budget_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 "average_over"),
         }
     return sorted(rows.values(), key=lambda r: (filter_rank(r["filter"]), r["ratio"] or 0))
+
+
+def suite_columns(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Each registered suite's report columns from its metrics (eval/suites/); pairwise has its own columns."""
+    from eval import suites
+
+    columns: dict[str, Any] = {}
+    for name, suite in suites.REGISTRY.items():
+        if suite.report is not None and isinstance(evaluation.get(name), dict) and "skipped" not in evaluation[name]:
+            columns.update(suite.report(evaluation[name]))
+    return columns
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -404,9 +414,11 @@ def settings_note(rows: list[dict[str, Any]]) -> list[str]:
         return "all" if not value else str(value)
 
     over = next((r["open_llm_over"] for r in rows if r["open_llm_over"]), None)
+    arena = (f" Arena-Hard-Auto v0.1 on {limit('eval.arena_hard.limit')} questions;"
+             if "arena_hard" in (settings.get("eval.suites") or []) else "")
     return [f"Evaluation settings: judge {judge} `{judge_name}`; pairwise {limit('eval.pairwise.limit')} prompts per "
             f"test set; AlpacaEval {settings.get('eval.alpaca_eval.version')} on {limit('eval.alpaca_eval.limit')} "
-            f"prompts; Open LLM average over {', '.join(over) if over else '–'} with "
+            f"prompts;{arena} Open LLM average over {', '.join(over) if over else '–'} with "
             f"{limit('eval.open_llm.limit')} items per task; answers of at most "
             f"{settings.get('eval.generation.max_new_tokens')} new tokens.", ""]
 
@@ -416,17 +428,14 @@ def partner_is_full(run: Run, pairwise_file: dict[str, Any] | None) -> bool:
     return run.config.get("eval", {}).get("reference") == "full" or label.startswith("full")
 
 
-def percent(value: float | None) -> float | None:
-    return None if value is None else 100 * value
-
-
 def filter_rank(name: str) -> int:
     return FILTER_ORDER.index(name) if name in FILTER_ORDER else len(FILTER_ORDER)
 
 
 def budget_section(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    suite_header = list(dict.fromkeys(column for row in rows for column in row["suites"]))
     header = ["filter", "budget", "n", "mean response chars", "partner", *TEST_SETS.values(), "overall (W/T/L)",
-              "AlpacaEval win %", "Open LLM avg %", "paper: pairwise", "paper: Open LLM", "paper: AlpacaEval"]
+              *suite_header, "paper: pairwise", "paper: Open LLM", "paper: AlpacaEval"]
     body = []
     for row in rows:
         paper = PAPER_BUDGET.get((row["filter"], round(row["ratio"] or 0, 4)), {})
@@ -437,7 +446,7 @@ def budget_section(rows: list[dict[str, Any]], out: Path) -> list[str]:
                      fmt(row["response_chars"], 0), row["partner"] or "–",
                      *[row["sets"].get(name) for name in TEST_SETS],
                      f"{fmt(row['overall'])} ({wtl})" if row["overall"] is not None else "–",
-                     fmt(row["alpaca_eval"], 2), fmt(row["open_llm"], 2), paper_pairwise,
+                     *[fmt(row["suites"].get(column), 2) for column in suite_header], paper_pairwise,
                      fmt(paper.get("open_llm"), 2), fmt(paper.get("alpaca_eval"), 2)])
     lines = ["## Budget: winning score vs the partner and benchmarks (paper Tables 2/3)", ""]
     differing = settings_differences(rows)

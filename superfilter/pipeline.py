@@ -11,7 +11,7 @@ from typing import Any
 from superfilter import artifacts
 from superfilter.artifacts import Artifact
 from superfilter.config import Config, as_dict
-from superfilter.data import file_digest, load_examples, resolve_path, write_examples
+from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
 from superfilter.selection import SelectConfig
 from superfilter.tracking import stage_run
@@ -43,7 +43,10 @@ def score_params(cfg: Config, model: ModelConfig) -> dict[str, Any]:
 def select_params(cfg: Config) -> dict[str, Any]:
     # `full` takes everything whatever the ratio: one key, so a sweep trains the 100% model once.
     ratio = 1.0 if cfg.filter.name == "full" else cfg.ratio
-    return {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
+    params = {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
+    if cfg.filter.allow_empty:  # its own folder: a run that does not allow an empty subset never reuses one
+        params["allow_empty"] = True
+    return params
 
 
 def train_params(cfg: Config) -> dict[str, Any]:
@@ -60,13 +63,16 @@ def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifa
     return artifacts.run_stage(Path(cfg.artifact_root), name, VERSIONS[name], params, upstream, tracked_build)
 
 
-def prepare(cfg: Config) -> Artifact:
+def prepare(cfg: Config, label: str | None = None) -> Artifact:
+    """label: how messages name the records when data.path is a copy of in-memory records (load_examples)."""
     params = key_params(cfg.data, drop=("name", "path"))
     if cfg.data.path:  # content, not location, decides the key: a moved file stays a cache hit
-        params["file_sha256"] = file_digest(resolve_path(cfg.data.path))
+        path = resolve_path(cfg.data.path)
+        check_source_file(path)  # before hashing it: a named pipe would block the read forever
+        params["file_sha256"] = file_digest(path)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        examples, report = load_examples(cfg.data)
+        examples, report = load_examples(cfg.data, label)
         write_examples(examples, out_dir / "examples.jsonl")
         return {"data": cfg.data.name, **as_dict(report)}
 
@@ -137,6 +143,10 @@ def trained_model(cfg: Config, examples: Artifact) -> Artifact:
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
     done: dict[str, Artifact] = {}
+    if "eval" in cfg.stages:
+        from eval.stage import check
+
+        check(cfg.eval)  # unknown tasks, missing files, Hub-only tasks offline: fail before any model loads
     examples = done["prepare"] = prepare(cfg)
     wanted = set(cfg.stages)
     if "score" in wanted:

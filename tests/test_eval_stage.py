@@ -141,7 +141,7 @@ def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     assert [set(o) for o in outputs] == [{"dataset", "instruction", "output", "generator"}] * 3
 
     # The authors' review-log format is written, and the CLI recomputes the same counts from it.
-    logs = sorted((out / "judge").glob("*_wrap_reviews.json"))
+    logs = sorted((out / "judge").glob("*_wrap_reviews_*.json"))
     tallies = [pairwise.tally_reviews(*pairwise.read_review_log(f)[:2]) for f in logs]
     total = pairwise.pooled(tallies)
     assert (total.win, total.tie, total.lose) == tuple(metrics["pairwise"][k] for k in ("win", "tie", "lose"))

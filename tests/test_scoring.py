@@ -302,15 +302,16 @@ KILLABLE = """
 import sys, time
 from pathlib import Path
 import superfilter.scoring as scoring
+import superfilter.scoring.engine as engine
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
 
-batch_nll = scoring.batch_nll
+batch_nll = engine.batch_nll
 def slow_batch_nll(*args, **kwargs):
     time.sleep(0.05)  # slow enough that the parent's SIGKILL lands mid-shard
     return batch_nll(*args, **kwargs)
-scoring.batch_nll = slow_batch_nll
+engine.batch_nll = slow_batch_nll
 scoring.score_stage(Path(sys.argv[1]), ModelConfig(source="local", path=sys.argv[3]),
                     scoring.ScoreConfig(max_length=64, shard_size=4, batch_tokens=128),
                     RuntimeConfig(device="cpu"), Path(sys.argv[2]), StageRun(None, "score"))

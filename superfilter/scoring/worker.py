@@ -13,9 +13,11 @@ import torch.distributed as dist
 
 from superfilter.artifacts import read_json
 from superfilter.models import ModelConfig, load_model
-from superfilter.scoring import LAYOUT_FILE, ExampleFile, ScoreConfig, make_engine, score_shards_to_dir
+from superfilter.scoring.config import ScoreConfig
+from superfilter.scoring.engine import make_engine
+from superfilter.scoring.shards import LAYOUT_FILE, ExampleFile, score_shards_to_dir
 
-log = logging.getLogger("superfilter.scoring_worker")
+log = logging.getLogger("superfilter.scoring.worker")
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,102 @@
+"""Suite `pairwise`: the paper's judged comparison with the partner model on five test sets, both answer orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eval.suites import Context, Prompts, Result, Suite, Table, register
+
+PAIRWISE_SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
+
+
+@dataclass
+class PairwiseConfig:
+    sets: list[str] = field(default_factory=lambda: list(PAIRWISE_SETS))
+    data_dir: str = "data/pairwise_test_sets"  # relative paths resolve against the cwd, then the project
+    limit: int = 0  # first N prompts per set; 0 = eval.limit
+
+
+def validate(cfg: PairwiseConfig, eval_cfg: Any) -> None:
+    from eval.config import check_limit, one_of
+
+    one_of("eval.pairwise.sets", cfg.sets, PAIRWISE_SETS)
+    check_limit("eval.pairwise.limit", cfg.limit)
+
+
+def prompts(ctx: Context, cfg: PairwiseConfig) -> Prompts:
+    from eval import pairwise
+    from eval.generation import Prompt
+    from superfilter.data import resolve_path
+
+    data_dir = resolve_path(cfg.data_dir)
+    groups = {name: [Prompt(p.id, p.instruction, p.input)
+                     for p in pairwise.load_test_set(name, data_dir, ctx.limit(cfg.limit))] for name in cfg.sets}
+    return Prompts(model=groups, reference=groups if ctx.reference_dir is not None else {})
+
+
+def run(ctx: Context, cfg: PairwiseConfig) -> Result:
+    from eval import pairwise
+    from eval.judge import JudgeRequest
+    from eval.pairwise import TestPrompt
+
+    if ctx.reference_dir is None:
+        skipped = {"skipped": "eval.reference=none (or the model is its own reference): no pairwise partner"}
+        return Result(result=skipped, metrics=skipped, notes=["pairwise skipped: no reference model"])
+    margin = ctx.cfg.judge.tie_margin
+    tallies = []
+    for name, prompts_ in prompts(ctx, cfg).model.items():
+        tests = [TestPrompt(p.id, p.instruction, p.input) for p in prompts_]
+        ours, theirs = ctx.outputs["pairwise"][name], ctx.reference_outputs["pairwise"][name]
+        triples = list(zip(tests, ours, theirs, strict=True))
+        # Every prompt twice: the model's answer shown first, then the reference's [paper §4].
+        requests = [JudgeRequest("scores", p.question, a, b, "model_first") for p, a, b in triples]
+        requests += [JudgeRequest("scores", p.question, b, a, "reference_first") for p, a, b in triples]
+        judged = ctx.judge_all(f"pairwise/{name}", requests)
+        forward, reverse = judged[: len(tests)], judged[len(tests) :]
+        reviews = [(p.id, f.raw if f.ok else None, r.raw if r.ok else None)
+                   for p, f, r in zip(tests, forward, reverse, strict=True)]
+        tallies.append(pairwise.tally_reviews(name, reviews, margin))
+        _write_review_log(ctx, name, tests, ours, theirs, forward, reverse)
+    total = pairwise.pooled(tallies)
+    chart = pairwise.plot_wtl(tallies, ctx.eval_dir / "pairwise_wtl.png", ctx.model_name, ctx.reference_name)
+    result = {
+        "model": ctx.model_name, "reference": ctx.reference_name, "judge": ctx.judge_note(),
+        "tie_margin": margin, "limit_per_set": ctx.limit(cfg.limit) or None,
+        "sets": {t.name: t.to_dict() for t in tallies}, "overall": total.to_dict(), "chart": chart.name,
+        "rule": "both answer orders; win = win both or win one and tie the other, lose likewise, else tie; "
+                "winning score = (W - L) / N + 1; prompts with an unparseable review are left out of N",
+    }
+    rows = [[t.name, t.win, t.tie, t.lose, t.unparseable, t.winning_score] for t in [*tallies, total]]
+    notes = ([f"pairwise: {total.unparseable} prompt(s) with an unparseable review, not counted"]
+             if total.unparseable else [])
+    return Result(
+        result=result,
+        metrics={"winning_score": total.winning_score, "win": total.win, "tie": total.tie, "lose": total.lose,
+                 "n": total.n, "unparseable": total.unparseable, "sets": {t.name: t.winning_score for t in tallies}},
+        headline={"pairwise_winning_score": total.winning_score},
+        summary=[f"### Pairwise vs {ctx.reference_name} (both orders; winning score = (W - L) / N + 1)",
+                 f"judge: {ctx.judge_note()}", "", pairwise.format_table([*tallies, total])],
+        tables=[Table("pairwise", ["set", "win", "tie", "lose", "unparseable", "winning_score"], rows)],
+        images={"pairwise_wtl": chart}, notes=notes,
+    )
+
+
+def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:
+    """judge/<set>_wrap_reviews_<judge>.json in the authors' format and name, so their review_eval_score.py and
+    `python -m eval.pairwise` recompute W/T/L from it."""
+    from eval.judge import judge_label
+    from eval.pairwise import PROMPT_FIELDS, review_log, review_log_name
+    from superfilter.artifacts import write_json_atomic
+
+    data = [{"id": p.id, PROMPT_FIELDS[name]: p.question, "Answer1": a, "Answer2": b,
+             "review": f.raw, "scores": str(f.scores or [-1, -1]),
+             "review_reverse": r.raw, "scores_reverse": str(r.scores or [-1, -1])}
+            for p, a, b, f, r in zip(prompts_, ours, theirs, forward, reverse, strict=True)]
+    meta = {"tie_margin": ctx.cfg.judge.tie_margin, "judge": ctx.judge_note(),
+            "Answer1": ctx.model_name, "Answer2": ctx.reference_name}
+    write_json_atomic(ctx.out_dir / "judge" / review_log_name(name, judge_label(ctx.cfg.judge)),
+                      review_log(name, data, meta))
+
+register(Suite("pairwise", PairwiseConfig, run, prompts=prompts, validate=validate, needs_reference=True,
+               description="judged win/tie/lose vs the partner model on Vicuna, Koala, WizardLM, Self-Instruct, LIMA"))

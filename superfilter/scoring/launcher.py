@@ -1,0 +1,58 @@
+"""Several scoring processes: shards balanced over workers, launched with torchrun."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from superfilter.artifacts import write_json_atomic
+from superfilter.errors import ConfigError
+from superfilter.models import ModelConfig
+from superfilter.runtime import RuntimeConfig, resolve_device
+from superfilter.scoring.config import ScoreConfig
+
+log = logging.getLogger(__name__)
+
+WORKER_JOB_FILE = "worker_job.json"
+
+
+def balance_shards(shards: Sequence[int], costs: Sequence[float], n_workers: int) -> list[list[int]]:
+    """Longest-processing-time assignment: each shard to the worker with the least work so far."""
+    load = [0.0] * n_workers
+    assignment: list[list[int]] = [[] for _ in range(n_workers)]
+    for shard, cost in sorted(zip(shards, costs, strict=True), key=lambda sc: (-sc[1], sc[0])):
+        worker = min(range(n_workers), key=lambda w: (load[w], w))
+        assignment[worker].append(shard)
+        load[worker] += cost
+    return [sorted(a) for a in assignment]
+
+
+def launch_workers(examples_path: Path, model: ModelConfig, cfg: ScoreConfig, runtime: RuntimeConfig,
+                   shard_dir: Path, assignment: list[list[int]]) -> None:
+    """Score the assigned shards with torchrun, one process per entry (per GPU, or CPU processes)."""
+    n = len(assignment)
+    device = resolve_device(runtime.device)
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise ConfigError(f"runtime.num_processes={n} but only {torch.cuda.device_count()} GPUs are visible")
+    threads = max(1, (runtime.num_threads or torch.get_num_threads()) // n) if device.type == "cpu" else 1
+    job = {"examples_path": str(examples_path), "model": asdict(model), "score": asdict(cfg),
+           "device": device.type, "shard_dir": str(shard_dir), "assignment": assignment, "threads": threads}
+    job_path = shard_dir / WORKER_JOB_FILE
+    write_json_atomic(job_path, job)
+    project_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "superfilter.scoring.worker", str(job_path)]
+    log.info("score: launching %d %s workers: %s", n, device.type, " ".join(command[1:]))
+    result = subprocess.run(command, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"scoring workers failed (exit code {result.returncode}); finished shards are kept in "
+                           f"{shard_dir} and a rerun resumes from them")

@@ -1,0 +1,118 @@
+"""The suite registry: a suite registered from any module runs in the stage, its summary and tracker rows included."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from eval import suites
+from eval.config import EvalConfig, GenerationConfig
+from eval.generation import Prompt
+from eval.stage import eval_stage
+from eval.suites import Context, Prompts, Result, Suite, Table
+from superfilter.errors import ConfigError
+from superfilter.models import build_tiny_model
+from superfilter.runtime import RuntimeConfig
+from superfilter.tracking import StageRun
+
+
+@dataclass
+class EchoConfig:
+    word: str = "hello"
+
+
+def _prompts(ctx: Context, cfg: EchoConfig) -> Prompts:
+    return Prompts(model={"words": [Prompt("a", f"Say {cfg.word}"), Prompt("b", "Count to three")]})
+
+
+def _run(ctx: Context, cfg: EchoConfig) -> Result:
+    answers = ctx.outputs["echo"]["words"]
+    share = sum(cfg.word in a for a in answers) / len(answers)
+    return Result(result={"answers": answers, "share": share}, metrics={"share": share},
+                  headline={"echo_share": share}, summary=["### Echo", "", f"share {share:.2f}"],
+                  tables=[Table("echo", ["id", "answer"], [["a", answers[0]], ["b", answers[1]]])])
+
+
+@pytest.fixture
+def echo_suite():
+    suite = suites.register(Suite("echo", EchoConfig, _run, prompts=_prompts,
+                                  report=lambda m: {"echo share": m.get("share")}))
+    yield suite
+    suites.REGISTRY.pop("echo")
+
+
+class Recorder(StageRun):
+    def __init__(self) -> None:
+        super().__init__(None, "eval")
+        self.calls: list[tuple[str, object]] = []
+
+    def log(self, metrics, step=None) -> None:
+        self.calls.append(("log", metrics))
+
+    def table(self, name, columns, rows) -> None:
+        self.calls.append(("table", name))
+
+    def image(self, name, path) -> None:
+        self.calls.append(("image", name))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("train") / "model-run"
+    build_tiny_model("llama", folder / "model", seed=3)
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    return folder
+
+
+def test_every_suite_module_has_a_config_section():
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    assert {"pairwise", "alpaca_eval", "open_llm"} <= set(suites.REGISTRY) <= names
+    for name, suite in suites.REGISTRY.items():
+        assert isinstance(getattr(EvalConfig(), name), suite.schema)
+
+
+def test_a_suite_registered_elsewhere_runs_in_the_stage(echo_suite, trained, tmp_path):
+    cfg = EvalConfig(suites=["echo"], reference="none", generation=GenerationConfig(max_new_tokens=4))
+    tracker = Recorder()
+    out = tmp_path / "eval" / "k.partial"
+    metrics = eval_stage(trained, None, cfg, RuntimeConfig(device="cpu"), out, tracker)
+    result = json.loads((out / "eval" / "echo.json").read_text())
+    assert len(result["answers"]) == 2 and metrics["echo"] == {"share": result["share"]}
+    assert "### Echo" in (out / "eval" / "summary.md").read_text()
+    assert tracker.calls == [("log", {"echo_share": result["share"]}), ("table", "echo")]
+    generation = json.loads((out / "eval" / "generation.json").read_text())
+    assert generation["model"]["prompts"] == 2 and "reference" not in generation
+    assert "echo" in metrics["seconds_by_phase"] and "generation" in metrics["seconds_by_phase"]
+
+
+def test_report_columns_come_from_the_registry(echo_suite):
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "report.py"
+    spec = importlib.util.spec_from_file_location("report_for_suites", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["report_for_suites"] = module
+    spec.loader.exec_module(module)
+    columns = module.suite_columns({"echo": {"share": 0.5}, "open_llm": {"average": 0.25},
+                                    "alpaca_eval": {"win_rate": 40.0}, "pairwise": {"skipped": "no partner"}})
+    assert columns == {"AlpacaEval win %": 40.0, "Open LLM avg %": 25.0, "echo share": 0.5}
+
+
+def test_an_unknown_suite_fails_in_one_line_before_any_model_loads(tmp_path):
+    cfg = EvalConfig(suites=["pairwise", "alpaca_evel"])
+    with pytest.raises(ConfigError) as failure:
+        # The model folder does not exist: reaching it would raise another error.
+        eval_stage(tmp_path / "missing", None, cfg, RuntimeConfig(device="cpu"), tmp_path / "out", StageRun(None, "e"))
+    message = str(failure.value)
+    assert "\n" not in message and "'alpaca_evel'" in message and "did you mean alpaca_eval" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_registering_another_suite_under_a_taken_name_fails(echo_suite):
+    with pytest.raises(ValueError, match="registered twice"):
+        suites.register(Suite("echo", EchoConfig, lambda ctx, cfg: None))
