@@ -24,7 +24,6 @@ from superfilter.tracking import StageRun
 PROJECT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (PROJECT / "conf" / "experiment" / "bench").glob("*.yaml"))
 FIXTURES = json.loads((PROJECT / "tests" / "fixtures" / "hub_task_datasets.json").read_text())
-ALPACA_V1 = str(PROJECT / "data" / "alpaca_eval" / "text_davinci_003_model_outputs.json")
 register_configs()
 
 
@@ -39,8 +38,8 @@ def shrink(cfg) -> None:
     e.reference = "none"
     e.judge.backend = "fake"
     e.generation.max_new_tokens = 4
-    e.alpaca_eval.limit, e.alpaca_eval.reference_path = 1, ALPACA_V1
-    e.reference_nll.limit, e.reference_nll.paths = 1, [ALPACA_V1]
+    e.alpaca_eval.limit = e.arena_hard.limit = e.reference_nll.limit = 1
+    e.alpaca_eval.df_gamed_path = ""
     e.open_llm.source, e.open_llm.limit, e.open_llm.mmlu_subjects = "local", 1, ["management"]
     for entry in e.lm_eval.tasks:
         entry.limit = 1
