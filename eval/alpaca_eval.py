@@ -1,26 +1,43 @@
-"""AlpacaEval: win rate of a model's outputs against a reference model's on the 805 instructions."""
+"""AlpacaEval: win rate of a model's outputs against a reference model's on the 805 instructions.
+
+`python -m eval.alpaca_eval ANNOTATIONS.json [...]` recomputes, per generator, the win rate, its standard error,
+n, draws, average length and the length-controlled win rate (or why it is unavailable) from annotations in
+alpaca_eval's format, theirs or ours.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import argparse
+import contextlib
 import json
+import logging
 import math
-from collections.abc import Sequence
+import os
+import random
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from eval.judge import Annotation, JudgeRequest
-from superfilter.errors import DataError
+from superfilter.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
 
 # The release whose protocol this follows: one annotation per instruction, the two outputs shown in a random
 # order fixed per instruction, preference in [1, 2] (2 = the evaluated model), win rate = mean(preference − 1).
 PINNED = "alpaca_eval==0.6.6"
 VERSIONS: dict[str, dict[str, str]] = {
-    "v1": {"reference": "text_davinci_003", "official_annotator": "alpaca_eval_gpt4",
+    "v1": {"reference": "text_davinci_003", "official_annotator": "alpaca_eval_gpt4", "kind": "preference",
            "headline": "win rate vs text-davinci-003 (AlpacaEval 1, the paper's)"},
     "v2": {"reference": "gpt4_1106_preview", "official_annotator": "weighted_alpaca_eval_gpt4_turbo",
-           "headline": "raw win rate vs GPT-4 Turbo (AlpacaEval 2; its length-controlled rate is not computed here)"},
+           "kind": "alpaca_eval_2",
+           "headline": "win rate vs GPT-4 Turbo, raw and length-controlled (AlpacaEval 2)"},
 }
+DF_GAMED = "df_gamed.csv"  # alpaca_eval's length-controlled GLM data; only on its Hub dataset tatsu-lab/alpaca_eval
+HUB_DATASET = "tatsu-lab/alpaca_eval"
+ANNOTATION_FIELDS = ("instruction", "output_1", "output_2", "generator_1", "generator_2", "preference")
 
 
 def reference_file(version: str) -> str:
@@ -45,16 +62,21 @@ def load_reference(path: Path, limit: int = 0) -> list[dict[str, str]]:
 
 
 def model_first(instruction: str) -> bool:
-    """Whether the model's output is shown first: a fixed pseudo-random order per instruction, which cancels the
-    judge's position bias on average [alpaca_eval's is_randomize_output_order]."""
-    return hashlib.sha256(instruction.encode()).digest()[0] % 2 == 1
+    """Whether the model's output is shown first: alpaca_eval's own fixed pseudo-random order per instruction
+    (RandomSwitchTwoColumnsProcessor with the annotator's seed 0), which cancels the judge's position bias on average
+    and reproduces its prompts exactly."""
+    return random.Random("is_switched_outputs" + instruction + "0").choices([False, True], k=1)[0]
 
 
-def judge_requests(reference: Sequence[dict[str, str]], outputs: Sequence[str]) -> list[JudgeRequest]:
+def judge_requests(reference: Sequence[dict[str, str]], outputs: Sequence[str], version: str = "v1"
+                   ) -> list[JudgeRequest]:
+    """One request per instruction: v1 with the project's a/b preference prompt, v2 with alpaca_eval's
+    weighted_alpaca_eval_gpt4_turbo prompt (model identifiers m and M)."""
+    kind = VERSIONS[version]["kind"]
     requests = []
     for ref, output in zip(reference, outputs, strict=True):
         first, second = (output, ref["output"]) if model_first(ref["instruction"]) else (ref["output"], output)
-        requests.append(JudgeRequest("preference", ref["instruction"], first, second))
+        requests.append(JudgeRequest(kind, ref["instruction"], first, second))
     return requests
 
 
@@ -87,10 +109,179 @@ def _p_model(instruction: str, annotation: Annotation) -> float | None:
 
 def win_rate(reference: Sequence[dict[str, str]], judged: Sequence[Annotation]) -> dict[str, Any]:
     """Win rate (%) and its standard error; unreadable verdicts are counted and left out, not scored 50%."""
-    p = [x for r, a in zip(reference, judged, strict=True) if (x := _p_model(r["instruction"], a)) is not None]
-    n = len(p)
-    mean = sum(p) / n if n else math.nan
-    sem = math.sqrt(sum((x - mean) ** 2 for x in p) / (n - 1) / n) if n > 1 else math.nan
-    return {"win_rate": 100 * mean, "standard_error": 100 * sem, "n": n,
-            "n_wins": sum(x > 0.5 for x in p), "n_draws": sum(x == 0.5 for x in p),
-            "unparseable": len(judged) - n}
+    preferences = [None if (x := _p_model(r["instruction"], a)) is None else 1.0 + x
+                   for r, a in zip(reference, judged, strict=True)]
+    rate = head_to_head(preferences)
+    return {**rate, "n": rate["n_total"], "unparseable": len(judged) - rate["n_total"]}
+
+
+def head_to_head(preferences: Sequence[float | None]) -> dict[str, Any]:
+    """alpaca_eval's AbsoluteScoringRule.describe_head2head: preferences in [1, 2] (2 = the model), 0 or 1.5 a draw,
+    None/NaN left out; win rate = 100 * mean(preference - 1), standard error = 100 * its sem (ddof 1)."""
+    values = [1.5 if p == 0 else float(p) for p in preferences if p is not None and not math.isnan(float(p))]
+    n_draws = sum(v == 1.5 for v in values)
+    x = [v - 1 for v in values if 1.0 <= v <= 2.0]
+    n = len(x)
+    mean = sum(x) / n if n else math.nan
+    sem = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1) / n) if n > 1 else math.nan
+    discrete = [1.0 if v > 0.5 else 0.0 if v < 0.5 else 0.5 for v in x]
+    return {"win_rate": 100 * mean, "standard_error": 100 * sem, "n_wins": sum(v > 0.5 for v in x),
+            "n_wins_base": sum(v < 0.5 for v in x), "n_draws": n_draws, "n_total": n,
+            "discrete_win_rate": 100 * sum(discrete) / n if n else math.nan}
+
+
+def load_annotations(path: Path) -> list[dict[str, Any]]:
+    """An annotations.json of one generator against one baseline; fails naming the file, record and field."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a JSON annotations file: {e}") from e
+    if not isinstance(records, list) or not records:
+        raise DataError(f"{path}: expected a non-empty JSON list of annotation records")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: record {i} is not an object")
+        for name in ANNOTATION_FIELDS:
+            if name not in r:
+                raise DataError(f"{path}: record {i} lacks the field {name!r}")
+        p = r["preference"]
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int | float)):
+            raise DataError(f"{path}: record {i}: field 'preference' must be a number in [1, 2] (0 = draw) or null, "
+                            f"got {p!r}")
+        for name in ("generator_1", "generator_2"):
+            if r[name] != records[0][name]:
+                raise DataError(f"{path}: record {i}: field {name!r} is {r[name]!r} but record 0 has "
+                                f"{records[0][name]!r}: one generator and one baseline per annotations file")
+    return records
+
+
+def summarize(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | None = None,
+              length_controlled: bool = True) -> dict[str, Any]:
+    """Raw metrics (alpaca_eval's get_winrate when installed), average length, and the length-controlled win rate
+    through alpaca_eval's own GLM, or `length_controlled_unavailable` saying why it is not there."""
+    preferences = [r["preference"] for r in records]
+    try:
+        get_winrate = _alpaca_eval_metrics().get_winrate
+    except ImportError:
+        raw, computed_by = head_to_head(preferences), "superfilter (alpaca_eval not installed)"
+    else:
+        raw = {k: _plain(v) for k, v in get_winrate([{"preference": p} for p in preferences]).items()}
+        computed_by = f"alpaca_eval {_alpaca_eval_version()}"
+    out: dict[str, Any] = {"generator": records[0]["generator_2"], "baseline": records[0]["generator_1"], **raw,
+                           "avg_length": int(sum(len(str(r["output_2"])) for r in records) / len(records)),
+                           "computed_by": computed_by}
+    if length_controlled:
+        out.update(length_controlled_rate(records, df_gamed_path))
+    else:
+        out.update(length_controlled_winrate=None, length_controlled_unavailable="not computed for this baseline")
+    return out
+
+
+def _alpaca_eval_metrics() -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # alpaca_eval 0.6.6 imports it
+        import alpaca_eval.metrics
+
+    return alpaca_eval.metrics
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _alpaca_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("alpaca_eval")
+
+
+def length_controlled_rate(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | None = None
+                           ) -> dict[str, Any]:
+    """alpaca_eval's get_length_controlled_winrate (GLM length_controlled_v1). Its df_gamed.csv comes from the Hub
+    when reachable, else from `df_gamed_path`; without either the rate is unavailable, with the reason."""
+    try:
+        glm_winrate = _alpaca_eval_metrics().glm_winrate
+    except ImportError as e:
+        reason = f"alpaca_eval is not installed (pip install 'superfilter[alpaca_eval]'): {e}"
+        return {"length_controlled_winrate": None, "length_controlled_unavailable": reason}
+    source, reasons = None, []
+    try:
+        source = _hub_df_gamed()
+    except Exception as e:  # noqa: BLE001 - any Hub failure (offline, no network, auth) means: try the local copy
+        reasons.append(f"not from the Hub ({type(e).__name__})")
+    if source is None:
+        if df_gamed_path and Path(df_gamed_path).is_file():
+            source = str(df_gamed_path)
+        else:
+            reasons.append(f"no local copy (eval.alpaca_eval.df_gamed_path / --df-gamed: {df_gamed_path or 'unset'})")
+            return {"length_controlled_winrate": None,
+                    "length_controlled_unavailable": f"{DF_GAMED} unavailable: " + "; ".join(reasons)}
+    with _df_gamed_from(glm_winrate, source), warnings.catch_warnings():
+        # scikit-learn announces changes to LogisticRegressionCV's arguments; alpaca_eval 0.6.6 still passes them.
+        warnings.simplefilter("ignore", FutureWarning)
+        metrics = glm_winrate.get_length_controlled_winrate(list(records), save_weights_dir=None,
+                                                             is_warn_extreme_changes=False)
+    return {"length_controlled_winrate": _plain(metrics["length_controlled_winrate"]),
+            "lc_standard_error": _plain(metrics["lc_standard_error"]), "df_gamed": source}
+
+
+def _hub_df_gamed() -> str:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=HUB_DATASET, filename=DF_GAMED, repo_type="dataset")
+
+
+@contextlib.contextmanager
+def _df_gamed_from(glm_winrate: Any, path: str) -> Iterator[None]:
+    """alpaca_eval reads df_gamed.csv only through hf_hub_download: point that one call at the chosen file."""
+    original = glm_winrate.hf_hub_download
+
+    def download(**kwargs: Any) -> str:
+        if kwargs.get("filename") != DF_GAMED:
+            raise FileNotFoundError(f"alpaca_eval asked for {kwargs.get('filename')!r}; only {DF_GAMED} is provided")
+        return path
+
+    glm_winrate.hf_hub_download = download
+    try:
+        yield
+    finally:
+        glm_winrate.hf_hub_download = original
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| generator | baseline | win rate (%) | standard error | n | draws | avg length | LC win rate (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lc = r["length_controlled_winrate"]
+        lc_cell = f"{lc:.2f}" if lc is not None else "unavailable"
+        lines.append(f"| {r['generator']} | {r['baseline']} | {r['win_rate']:.2f} | {r['standard_error']:.2f} "
+                     f"| {r['n_total']} | {r['n_draws']} | {r['avg_length']} | {lc_cell} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.alpaca_eval", description=__doc__.splitlines()[0])
+    parser.add_argument("annotations", nargs="+", type=Path, help="annotations.json files, one generator each")
+    parser.add_argument("--df-gamed", default=None, help=f"a local {DF_GAMED} for the length-controlled rate")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        rows = [summarize(load_annotations(path), args.df_gamed) for path in args.annotations]
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        for r in rows:
+            if r["length_controlled_winrate"] is None:
+                print(f"{r['generator']}: length-controlled win rate {r['length_controlled_unavailable']}",
+                      file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

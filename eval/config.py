@@ -11,7 +11,6 @@ from superfilter.models import ModelConfig
 DEFAULT_SUITES = ("pairwise", "alpaca_eval", "open_llm")
 REFERENCES = ("full", "random", "none")
 GENERATION_BACKENDS = ("hf", "vllm")
-JUDGE_BACKENDS = ("openai", "hf", "replay", "fake")
 
 
 def smollm2_judge() -> ModelConfig:
@@ -28,7 +27,8 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    backend: str = "hf"  # openai (any OpenAI-compatible endpoint) | hf (local model) | replay (review logs) | fake
+    backend: str = "hf"  # a registered judge (eval/judge/): openai (any OpenAI-compatible endpoint) | hf (local
+    # model) | replay (pairwise review logs, Arena-Hard judgment files) | fake
     # openai: model name, endpoint and the NAME of the environment variable holding the key (never the key).
     api_model: str = "gpt-4-0613"
     base_url: str = "https://api.openai.com/v1"
@@ -42,7 +42,7 @@ class JudgeConfig:
     # hf: a local causal LM; scores are expected values over the score tokens' probabilities.
     model: ModelConfig = field(default_factory=smollm2_judge)
     max_judge_tokens: int = 2048  # judge prompts longer than this keep their end (the question is cut first)
-    # replay: review logs in the authors' format (*_wrap_reviews_*.json).
+    # replay: review logs in the authors' format (*_wrap_reviews_*.json), arena-hard-auto judgment files (*.jsonl).
     replay_files: list[str] = field(default_factory=list)
     # Two scores closer than this count as a tie. 0 is the paper's rule for integer scores; the hf judge's
     # expected scores are continuous, so its preset uses 0.5 (equal after rounding to integers).
@@ -79,7 +79,9 @@ class EvalSettings:
             suites.get(name)
         one_of("eval.reference", [self.reference], REFERENCES)
         one_of("eval.generation.backend", [self.generation.backend], GENERATION_BACKENDS)
-        one_of("eval.judge.backend", [self.judge.backend], JUDGE_BACKENDS)
+        from eval.judge import JUDGES  # the backends' registry (eval/judge/); it imports this module
+
+        one_of("eval.judge.backend", [self.judge.backend], tuple(JUDGES))
         check_limit("eval.limit", self.limit)
         if self.generation.max_new_tokens < 1:
             raise ConfigError(f"eval.generation.max_new_tokens must be >= 1, got {self.generation.max_new_tokens}")

@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,15 +15,14 @@ from typing import Any
 
 import yaml
 
+from eval import harness
 from eval.config import OpenLLMConfig
-from eval.lm import forward_tail
+from eval.harness import TASK_DIR, TASKS_FOLDER, hub_reachable, prefix_sharing_lm
 from superfilter.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
-TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
-CONTINUATION_CHUNK = 16
-DATA_PLACEHOLDER = "__DATA_DIR__"
+__all__ = ["BENCHMARKS", "hub_reachable", "prefix_sharing_lm", "run_open_llm", "write_local_tasks"]
 
 
 @dataclass(frozen=True)
@@ -45,19 +43,6 @@ BENCHMARKS = {
     "mmlu": Benchmark("mmlu", "mmlu", "mmlu_local", 5, "acc"),
     "truthfulqa_mc2": Benchmark("truthfulqa_mc2", "truthfulqa_mc2", "truthfulqa_mc2_local", 0, "acc"),
 }
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether Hub datasets can be fetched: never when an offline flag is set, else a quick HEAD request."""
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    import httpx
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    try:
-        return httpx.head(f"{endpoint}/api/datasets/allenai/ai2_arc", timeout=timeout_s).status_code < 500
-    except httpx.HTTPError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -149,15 +134,15 @@ def mmlu_subjects(data_dir: Path) -> list[str]:
 
 def write_local_tasks(data_dir: Path, tasks: Sequence[str], subjects: Sequence[str], out_dir: Path
                       ) -> tuple[dict[str, str], dict[str, str]]:
-    """Normalise the local files and write runnable task YAMLs into out_dir (kept with the results).
+    """Normalise the local files into out_dir/data and write runnable task YAMLs beside them (kept with the results;
+    their data paths are relative to the folder, so `lm_eval --include_path <folder>` reruns them from anywhere).
 
     Returns ({benchmark: lm-eval task name}, {benchmark: why it is skipped}).
     """
     data_out = out_dir / "data"
     found: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(TASK_DIR / "utils.py", out_dir / "utils.py")
+    harness.start_task_folder(out_dir)
     for name in tasks:
         bench = BENCHMARKS[name]
         if name == "mmlu":
@@ -168,8 +153,7 @@ def write_local_tasks(data_dir: Path, tasks: Sequence[str], subjects: Sequence[s
             skipped[name] = reason
             continue
         if name != "mmlu":
-            text = (TASK_DIR / f"{bench.local_task}.yaml").read_text()
-            (out_dir / f"{bench.local_task}.yaml").write_text(text.replace(DATA_PLACEHOLDER, str(data_out.resolve())))
+            shutil.copy(TASK_DIR / f"{bench.local_task}.yaml", out_dir / f"{bench.local_task}.yaml")
         found[name] = bench.local_task
     return found, skipped
 
@@ -211,8 +195,8 @@ def _write_mmlu(data_dir: Path, subjects: Sequence[str], data_out: Path, out_dir
         if not dev.is_file():
             raise DataError(f"{dev}: no such file (MMLU's 5 few-shot examples per subject)")
         files = {split: str(_write_jsonl(data_out / "mmlu" / f"{subject}_{split}.jsonl",
-                                         mmlu_records(data_dir / "mmlu" / split / f"{subject}_{split}.csv")).resolve())
-                 for split in ("test", "dev")}
+                                         mmlu_records(data_dir / "mmlu" / split / f"{subject}_{split}.csv"))
+                            .relative_to(out_dir)) for split in ("test", "dev")}
         spec = {"include": "_mmlu_local_template_yaml", "task": f"mmlu_local_{subject}", "task_alias": subject,
                 "dataset_kwargs": {"data_files": files},
                 "description": f"The following are multiple choice questions (with answers) about "
@@ -229,73 +213,12 @@ def _write_mmlu(data_dir: Path, subjects: Sequence[str], data_out: Path, out_dir
 # Running lm-eval.
 
 
-def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) -> Any:
-    """lm-eval's HFLM, but each distinct context is run once.
-
-    Multiple-choice tasks score several continuations of one context (HellaSwag's 4 endings, TruthfulQA's ~10
-    answers, MMLU's 4 letters). Here the context runs once, its keys/values are reused for every continuation, and
-    only positions that score a token go through the LM head (Gemma's is 262k wide). Tokenization, truncation
-    and the (log-probability, is-greedy) answers are lm-eval's; requests that need truncation use lm-eval's path.
-    """
-    import copy
-
-    import torch
-    from lm_eval.models.huggingface import HFLM
-    from tqdm import tqdm
-
-    class PrefixSharingHFLM(HFLM):
-        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-            results: list[Any] = [None] * len(requests)
-            groups: dict[tuple[int, ...], list[int]] = {}
-            plain: list[int] = []
-            for i, (_, context, continuation) in enumerate(requests):
-                fits = context and continuation and len(context) + len(continuation) <= self.max_length + 1
-                (groups.setdefault(tuple(context), []) if fits else plain).append(i)
-            if plain:
-                answers = super()._loglikelihood_tokens([requests[i] for i in plain], disable_tqdm, override_bs)
-                for i, answer in zip(plain, answers, strict=True):
-                    results[i] = answer
-            for context, members in tqdm(groups.items(), disable=disable_tqdm, desc="contexts"):
-                answers = self._score_continuations(list(context), [requests[i][2] for i in members])
-                for i, answer in zip(members, answers, strict=True):
-                    results[i] = answer
-                    if requests[i][0] is not None:
-                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-            return results
-
-        def _score_continuations(self, context: list[int], continuations: list[list[int]]) -> list[tuple]:
-            with torch.no_grad():
-                first, past = forward_tail(self.model, [context])  # predicts every continuation's first token
-                first = first[0, -1]
-                answers: list[tuple[float, bool]] = []
-                # One pass per chunk of continuations reads the weights once; the chunk bounds the memory of its
-                # log-probabilities (chunk × longest continuation × vocabulary floats).
-                for start in range(0, len(continuations), CONTINUATION_CHUNK):
-                    chunk = continuations[start : start + CONTINUATION_CHUNK]
-                    width = max(len(c) for c in chunk) - 1
-                    rest = None
-                    if width:
-                        # Right-padded: under causal attention a real token never sees the padding after it.
-                        cache = copy.deepcopy(past)
-                        cache.batch_repeat_interleave(len(chunk))
-                        ids = [c[:-1] + [c[-1]] * (width - len(c) + 1) for c in chunk]
-                        rest, _ = forward_tail(self.model, ids, cache, width)
-                    for j, cont in enumerate(chunk):
-                        scored = [first] + [rest[j, t] for t in range(len(cont) - 1)]
-                        logprob = sum(float(lp[tok]) for lp, tok in zip(scored, cont, strict=True))
-                        greedy = all(int(lp.argmax()) == tok for lp, tok in zip(scored, cont, strict=True))
-                        answers.append((logprob, greedy))
-                return answers
-
-    return PrefixSharingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-
-
-
 def run_open_llm(model: Any, tokenizer: Any, cfg: OpenLLMConfig, data_dir: Path, limit: int, device: str,
                  batch_size: int, out_dir: Path) -> dict[str, Any]:
-    """Leaderboard-v1 scores of an in-memory model; writes the rendered local tasks under out_dir/lm_eval_tasks."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
+    """Leaderboard-v1 scores of an in-memory model; writes the rendered local tasks under out_dir/lm_eval_tasks.
+
+    Each benchmark is one lm_eval-suite call (`harness.evaluate`) with the leaderboard's task and shots.
+    """
     from lm_eval.tasks import TaskManager
 
     source = cfg.source
@@ -308,19 +231,16 @@ def run_open_llm(model: Any, tokenizer: Any, cfg: OpenLLMConfig, data_dir: Path,
             tasks["mmlu"] = "mmlu_subset"
         manager = TaskManager()
     else:
-        tasks, skipped = write_local_tasks(data_dir, cfg.tasks, cfg.mmlu_subjects, out_dir / "lm_eval_tasks")
-        manager = TaskManager(include_path=str(out_dir / "lm_eval_tasks"), include_defaults=False)
-    lm = (prefix_sharing_lm(model, tokenizer, device, batch_size) if cfg.share_prefix
-          else HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device))
+        tasks, skipped = write_local_tasks(data_dir, cfg.tasks, cfg.mmlu_subjects, out_dir / TASKS_FOLDER)
+        manager = TaskManager(include_path=str(out_dir / TASKS_FOLDER), include_defaults=False)
+    lm = harness.make_lm(model, tokenizer, device, batch_size, cfg.share_prefix)
     scores: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     for name, task in tasks.items():
         bench = BENCHMARKS[name]
         task_list = ([f"mmlu_{s}" for s in cfg.mmlu_subjects] if task == "mmlu_subset" else [task])
         log.info("lm-eval %s (%d-shot%s)", task, bench.num_fewshot, f", limit {limit}" if limit else "")
-        result = simple_evaluate(model=lm, tasks=task_list, num_fewshot=bench.num_fewshot, limit=limit or None,
-                                 task_manager=manager, log_samples=False, bootstrap_iters=1000, random_seed=0,
-                                 numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234)
+        result = harness.evaluate(lm, task_list, manager, bench.num_fewshot, limit)
         raw[name] = {k: result.get(k) for k in ("results", "groups", "configs", "n-shot", "n-samples", "versions")}
         scores[name] = _headline(name, bench, result)
     present = [scores[n]["value"] for n in scores if not math.isnan(scores[n]["value"])]
@@ -329,7 +249,7 @@ def run_open_llm(model: Any, tokenizer: Any, cfg: OpenLLMConfig, data_dir: Path,
         "average": sum(present) / len(present) if present else math.nan, "average_over": sorted(scores),
         "settings": "Open LLM Leaderboard v1: ARC-Challenge 25-shot acc_norm, HellaSwag 10-shot acc_norm, "
                     "MMLU 5-shot acc (mean over subjects), TruthfulQA 0-shot mc2",
-        "lm_eval_version": _version("lm_eval"),
+        "lm_eval_version": harness.version(),
     }
     notes = []
     if limit:
@@ -362,11 +282,3 @@ def _headline(name: str, bench: Benchmark, result: dict[str, Any]) -> dict[str, 
             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
             "n": int(result["n-samples"][task]["effective"]), "num_fewshot": bench.num_fewshot}
 
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package.replace("_", "-"))
-    except PackageNotFoundError:
-        return "unknown"

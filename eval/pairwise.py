@@ -170,6 +170,46 @@ def read_review_log(path: Path) -> tuple[str, list[tuple[str, str | None, str | 
     return name, reviews, meta
 
 
+def judge_tag(judge: str) -> str:
+    """The judge's part of a review log's name, as the authors wrote it: gpt4 / gpt3.5 for those APIs (their
+    review_eval_score.py looks for 'reviews_gpt4' or 'reviews_gpt3.5'), else the judge's name made file-safe."""
+    if judge.startswith("gpt-4"):
+        return "gpt4"
+    if judge.startswith("gpt-3.5"):
+        return "gpt3.5"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", judge).strip("-") or "judge"
+
+
+def review_log_name(set_name: str, judge: str) -> str:
+    """<set>_wrap_reviews_<judge>.json, the authors' file name (their script matches the set's lower-case name)."""
+    return f"{set_name}_wrap_reviews_{judge_tag(judge)}.json"
+
+
+def review_log(set_name: str, records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """A review log in the authors' layout: Meta_Info (dataset_name, average_scores, average_scores_reverse, as
+    strings of two numbers) and data (records with review/scores/review_reverse/scores_reverse, unreadable scores
+    written as the authors' "[-1, -1]"). The averages are over readable reviews only, not over those -1 markers."""
+
+    def average(key: str) -> str:
+        pairs = [parsed for r in records if (parsed := _score_pair(r[key])) is not None]
+        if not pairs:
+            return str([math.nan, math.nan])
+        return str([sum(p[k] for p in pairs) / len(pairs) for k in (0, 1)])
+
+    readable = sum(_score_pair(r["scores"]) is not None for r in records)
+    info = {"dataset_name": set_name, **meta, "average_scores": average("scores"),
+            "average_scores_reverse": average("scores_reverse"),
+            "averages_over": f"readable reviews only ({readable} of {len(records)} in the first order)"}
+    return {"Meta_Info": info, "data": list(records)}
+
+
+def _score_pair(text: str) -> tuple[float, float] | None:
+    match = re.fullmatch(r"\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]", text.strip())
+    if match is None or float(match.group(1)) < 0:
+        return None
+    return float(match.group(1)), float(match.group(2))
+
+
 def plot_wtl(tallies: Sequence[Tally], path: Path, model: str = "model", reference: str = "reference") -> Path:
     """Stacked horizontal win/tie/lose bars, one per test set (the authors' figure)."""
     import matplotlib

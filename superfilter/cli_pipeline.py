@@ -15,6 +15,7 @@ from superfilter.config import to_config
 from superfilter.errors import UserError
 
 log = logging.getLogger("superfilter")
+EXIT_USER_ERROR = 2
 
 
 def run_from_hydra(cfg: DictConfig) -> dict:
@@ -25,10 +26,11 @@ def run_from_hydra(cfg: DictConfig) -> dict:
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
         summary = pipeline.run(config)
-    except UserError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, OSError) as e:  # OSError: an unwritable folder, a full disk
+        message = " ".join(str(e).split())
+        log.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     out = Path(HydraConfig.get().runtime.output_dir) / "run_summary.json"
     summary["overrides"] = list(HydraConfig.get().overrides.task)
     write_json_atomic(out, summary)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
+import re
+import stat
+import sys
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,66 +100,233 @@ def content_id(instruction: str, input: str, output: str, history: tuple = (), s
 
 # ---------------------------------------------------------------- reading raw records with their line numbers
 
+# What a file that is not JSON text starts with, and what to do about it.
+BINARY_MAGIC = {
+    b"\x1f\x8b": ("gzip-compressed data", "decompress it first (gunzip)"),
+    b"PK\x03\x04": ("a zip archive", "extract the JSON/JSONL/Parquet file from it"),
+    b"BZh": ("bzip2-compressed data", "decompress it first (bunzip2)"),
+    b"\xfd7zXZ\x00": ("xz-compressed data", "decompress it first (unxz)"),
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed data", "decompress it first (unzstd)"),
+    b"PAR1": ("a Parquet file", "name it .parquet"),
+}
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+# A JSON string escape of a UTF-16 surrogate: paired ones (emoji written with ensure_ascii) are fine, a lone one
+# decodes to a str that cannot be encoded as UTF-8; only records whose text holds such an escape are checked.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+FILE_KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
 
 def resolve_path(path: str) -> Path:
     p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute() or os.path.lexists(p):
         return p
     if (PROJECT_ROOT / p).exists():
         return PROJECT_ROOT / p
     return p
 
 
+def check_source_file(path: Path) -> None:
+    """Refuse anything but a readable regular file, saying what the path is instead (reading a pipe would hang)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)") from None
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{path}: symbolic link loop") from None
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a directory; give a JSON, JSONL or Parquet file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+        raise DataError(f"{path}: is {kind}, not a regular file; give a JSON, JSONL or Parquet file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: permission denied")
+
+
+def file_container(path: Path) -> str:
+    """json (an array), jsonl or parquet: how iter_raw_records reads the file."""
+    if path.suffix.lower() == ".parquet":
+        return "parquet"
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return "json" if path.suffix.lower() != ".jsonl" and head.startswith(b"[") else "jsonl"
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    """The file as text: UTF-8 (a BOM is dropped); anything else fails saying what the bytes look like."""
+    for magic, (what, fix) in BINARY_MAGIC.items():
+        if data.startswith(magic):
+            raise DataError(f"{path}: this is {what}, not JSON or JSONL text; {fix}")
+    head = data[:4096]
+    if data.startswith(UTF32_BOMS):
+        raise DataError(f"{path}: encoded as UTF-32; re-save it as UTF-8 (e.g. iconv -f UTF-32 -t UTF-8)")
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    if data.startswith(UTF16_BOMS) or max(even, odd) > len(head) // 4 > min(even, odd) * 4:  # ASCII as UTF-16
+        raise DataError(f"{path}: encoded as UTF-16; re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if b"\x00" in head:
+        raise DataError(f"{path}: holds NUL bytes: binary data, not JSON or JSONL text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}); it may be "
+                        f"Latin-1 or Windows-1252: re-save it as UTF-8 (e.g. iconv -f WINDOWS-1252 -t UTF-8)") from None
+
+
+def lone_surrogate_field(record: Any) -> str | None:
+    """The path (a.b[2]) of the first string in record that holds a lone surrogate, if any."""
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return where or "(the record)"
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                stack.append((f"{where}.{key}" if where else str(key), item))
+                stack.append((f"{where} (a key)" if where else "(a key)", key))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
+
+
+def surrogate_error(where: str, field_path: str) -> DataError:
+    return DataError(f"{where}: field {field_path!r} holds a lone UTF-16 surrogate (an escape like \\ud800 without "
+                     "its pair): not valid Unicode text; remove or fix it")
+
+
+def check_encodable(record: Any, where: str) -> None:
+    """A lone surrogate ("\\ud800" is valid JSON) is not Unicode text: it could be neither hashed nor written."""
+    field_path = lone_surrogate_field(record)
+    if field_path is not None:
+        raise surrogate_error(where, field_path)
+
+
+def _json_error(e: json.JSONDecodeError) -> str:
+    # Some of json's messages end in "starting at"; the column then completes the sentence.
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+
+
+def _too_deep(path: Path, lineno: int) -> DataError:
+    return DataError(f"{path}:{lineno}: JSON nested too deeply for Python's parser "
+                     f"(more than about {sys.getrecursionlimit()} levels)")
+
+
 def iter_raw_records(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) from a .json array, .jsonl, or .parquet file."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield i + 1, row  # parquet has no lines: the row number stands in
+    check_source_file(path)
+    if path.suffix.lower() == ".parquet":
+        yield from _iter_parquet(path)
         return
-    text = path.read_text(encoding="utf-8")
+    text = decode_text(path, path.read_bytes())
     if not text.strip():
         raise DataError(f"{path}: file is empty")
-    if suffix == ".jsonl" or not text.lstrip().startswith("["):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    if path.suffix.lower() != ".jsonl" and text.lstrip().startswith("["):
+        yield from _iter_json_array(path, text)
+    else:
+        yield from _iter_jsonl(path, text)
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+    for i, row in enumerate(rows):
+        yield i + 1, row  # parquet has no lines: the row number stands in
+
+
+def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    # Split on newlines only: str.splitlines() also splits at U+2028/U+2029/U+0085, which JSON strings may hold raw.
+    first = True
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if first:
+                _explain_first_line(path, text)
+            raise DataError(f"{path}:{lineno}: invalid JSON ({_json_error(e)})") from None
+        except RecursionError:
+            raise _too_deep(path, lineno) from None
+        if SURROGATE_ESCAPE.search(line):
+            check_encodable(record, f"{path}:{lineno}")
+        first = False
+        yield lineno, record
+
+
+def _explain_first_line(path: Path, text: str) -> None:
+    """A first line that is not JSON: say when the file is one JSON object rather than records."""
+    if not text.lstrip().startswith("{"):
+        raise DataError(f"{path}:1: neither a JSON array nor JSONL (one JSON object per line)")
+    try:
+        whole = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         return
-    yield from _iter_json_array(path, text)
+    if isinstance(whole, dict):
+        lists = [k for k, v in whole.items() if isinstance(v, list)]
+        hint = f"; its field {lists[0]!r} holds a list: save that list as the file" if lists else ""
+        raise DataError(f"{path}: one JSON object; expected a JSON array of records or JSONL "
+                        f"(one record per line){hint}")
 
 
 def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     expect_value = True
+    counted, lineno = 0, 1  # newlines are counted forward from the last record: counting from 0 is quadratic
     while True:
         while pos < len(text) and text[pos] in " \t\r\n":
             pos += 1
         if pos >= len(text):
             raise DataError(f"{path}:{text.count(chr(10)) + 1}: invalid JSON (unterminated array)")
         if text[pos] == "]":
+            _check_nothing_after(path, text, pos + 1)
             return
         if text[pos] == "," and not expect_value:
             pos += 1
             expect_value = True
             continue
-        lineno = text.count("\n", 0, pos) + 1
+        lineno += text.count("\n", counted, pos)
+        counted = pos
         if not expect_value:
             raise DataError(f"{path}:{lineno}: invalid JSON (expected ',' or ']')")
+        start = pos
         try:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({_json_error(e)})") from None
+        except RecursionError:
+            raise _too_deep(path, lineno) from None
+        if SURROGATE_ESCAPE.search(text, start, pos):
+            check_encodable(record, f"{path}:{lineno}")
         expect_value = False
         yield lineno, record
+
+
+def _check_nothing_after(path: Path, text: str, pos: int) -> None:
+    rest = text[pos:]
+    if rest.strip():
+        offset = pos + len(rest) - len(rest.lstrip())
+        lineno = text.count("\n", 0, offset) + 1
+        what = "a second JSON array starts; merge the arrays into one" if text[offset] == "[" else \
+            "unexpected content after the array's closing ']'"
+        raise DataError(f"{path}:{lineno}: {what}")
 
 
 # ---------------------------------------------------------------- one raw record → Example
@@ -194,12 +367,16 @@ def parse_flat(record: Mapping[str, Any], columns: Mapping[str, str], where: str
     )
 
 
-def parse_conversation(record: Mapping[str, Any], fields: Mapping[str, str], where: str) -> Example:
+def parse_conversation(record: Mapping[str, Any], fields: Mapping[str, str], where: str,
+                       counts: Counter[str] | None = None) -> Example:
+    """The last assistant reply and the turns before it. A trailing user turn (no reply to score) and a repeated
+    system message (the last one is kept) are counted in `counts` for the load report's warnings."""
     key = fields.get("conversations") or ("conversations" if record.get("conversations") is not None else "messages")
     turns = record.get(key)
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: field {key!r} must be a non-empty list of turns")
-    system = record.get("system", "") if isinstance(record.get("system", ""), str) else ""
+    system = _string(record, fields.get("system", "system"), where, required=False)
+    n_system = bool(system)
     pairs: list[tuple[str, str]] = []
     pending_user: str | None = None
     for i, turn in enumerate(turns):
@@ -214,6 +391,7 @@ def parse_conversation(record: Mapping[str, Any], fields: Mapping[str, str], whe
         role = role.lower()
         if role in SYSTEM_ROLES:
             system = text
+            n_system += 1
         elif role in USER_ROLES:
             if pending_user is not None:
                 raise DataError(f"{where}: {key}[{i}]: two user turns in a row")
@@ -227,16 +405,20 @@ def parse_conversation(record: Mapping[str, Any], fields: Mapping[str, str], whe
             raise DataError(f"{where}: {key}[{i}]: unknown role {role!r}")
     if not pairs:
         raise DataError(f"{where}: {key} has no assistant reply")
+    if counts is not None:
+        counts["trailing_user_turn"] += pending_user is not None
+        counts["repeated_system"] += n_system > 1
     (instruction, output), history = pairs[-1], pairs[:-1]
     return Example.create(instruction, "", output, history, system)
 
 
-def parse_record(record: Any, fmt: str, fields: Mapping[str, str], where: str) -> Example:
+def parse_record(record: Any, fmt: str, fields: Mapping[str, str], where: str,
+                 counts: Counter[str] | None = None) -> Example:
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: record must be a JSON object, got {type(record).__name__}")
     kind = detect_format(record, fields) if fmt == "auto" else fmt
     if kind == "sharegpt":
-        return parse_conversation(record, fields, where)
+        return parse_conversation(record, fields, where, counts)
     return parse_flat(record, {**FIELD_PRESETS[kind], **fields}, where)
 
 
@@ -257,15 +439,18 @@ class LoadReport:
     n_empty_output: int = 0
     n_with_input: int = 0
     n_multi_turn: int = 0
+    n_trailing_user_turn: int = 0  # conversations ending in a user turn: that turn has no reply and is dropped
+    n_repeated_system: int = 0  # conversations with several system messages: the last one is kept
     duplicate_examples: list[str] = field(default_factory=list)
 
 
-def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
-    """Read the configured source, drop exact duplicates (reported), count empty fields."""
+def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Example], LoadReport]:
+    """Read the configured source, drop exact duplicates (reported), count empty fields. `label`: how to name a
+    file the caller wrote from in-memory records, one per line (record i is `label[i]`, not a line of that file)."""
     cfg.validate()
     if cfg.path:
         path = resolve_path(cfg.path)
-        source = str(path)
+        source = label or str(path)
         records: Iterable[tuple[int, Any]] = iter_raw_records(path)
     else:
         source = f"hub:{cfg.hub_id}"
@@ -273,14 +458,17 @@ def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
     examples: list[Example] = []
     seen: set[str] = set()
     report = LoadReport()
+    counts: Counter[str] = Counter()
     for lineno, record in records:
         if cfg.limit and len(examples) >= cfg.limit:
             break
-        ex = parse_record(record, cfg.format, cfg.fields, f"{source}:{lineno}")
+        ex = parse_record(record, cfg.format, cfg.fields,
+                          f"{label}[{lineno - 1}]" if label else f"{source}:{lineno}", counts)
         if ex.id in seen:
             report.n_duplicates += 1
             if len(report.duplicate_examples) < 5:
-                report.duplicate_examples.append(f"line {lineno}: {ex.instruction[:60]!r}")
+                name = f"{label}[{lineno - 1}]" if label else f"line {lineno}"
+                report.duplicate_examples.append(f"{name}: {ex.instruction[:60]!r}")
             continue
         seen.add(ex.id)
         examples.append(ex)
@@ -291,12 +479,20 @@ def load_examples(cfg: DataConfig) -> tuple[list[Example], LoadReport]:
     if not examples:
         raise DataError(f"{source}: no records")
     report.n_records = len(examples)
+    report.n_trailing_user_turn = counts["trailing_user_turn"]
+    report.n_repeated_system = counts["repeated_system"]
     if report.n_duplicates:
         log.warning("%s: dropped %d exact duplicates, e.g. %s", source, report.n_duplicates,
                     report.duplicate_examples[:2])
     if report.n_empty_output:
         log.warning("%s: %d records have an empty or blank output (they will be skipped by scoring)",
                     source, report.n_empty_output)
+    if report.n_trailing_user_turn:
+        log.warning("%s: %d conversations end in a user turn with no reply; that turn is dropped",
+                    source, report.n_trailing_user_turn)
+    if report.n_repeated_system:
+        log.warning("%s: %d conversations have more than one system message; the last one is kept",
+                    source, report.n_repeated_system)
     return examples, report
 
 

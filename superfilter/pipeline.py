@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from superfilter import artifacts
 from superfilter.artifacts import Artifact
 from superfilter.config import Config, as_dict
-from superfilter.data import file_digest, load_examples, resolve_path, write_examples
+from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig, choose_dtype, resolve_device
 from superfilter.selection import SelectConfig
@@ -21,19 +22,24 @@ log = logging.getLogger(__name__)
 
 # Bump a stage's version when its code changes what it computes: old artifacts then stop matching.
 VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 2, "eval": 1}
-MODEL_LABELS = ("name", "attn_implementation")  # change nothing a model computes
 
 
-def key_params(obj: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The config fields that decide a stage's result: runtime-only fields and labels are left out."""
-    params = as_dict(obj)
-    for name in (*getattr(type(obj), "RUNTIME_FIELDS", ()), *drop):
-        params.pop(name, None)
-    return params
+def key_params(obj: Any, drop: tuple[str, ...] = ()) -> Any:
+    """The config fields that decide a stage's result, at every nesting level: each dataclass's RUNTIME_FIELDS
+    (labels, speed and bookkeeping settings) and the fields its `unused_fields()` names are left out."""
+    if is_dataclass(obj):
+        unused = obj.unused_fields() if hasattr(obj, "unused_fields") else ()
+        skip = {*getattr(type(obj), "RUNTIME_FIELDS", ()), *unused, *drop}
+        return {f.name: key_params(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+    if isinstance(obj, Mapping):
+        return {str(k): key_params(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [key_params(v) for v in obj]
+    return obj
 
 
 def model_params(model: ModelConfig, runtime: RuntimeConfig) -> dict[str, Any]:
-    params = key_params(model, drop=MODEL_LABELS)
+    params = key_params(model)
     # The dtype that will run, not "auto": bf16 and fp32 results differ, and a store shared by machines with
     # and without bf16 units must not hand one's results to the other.
     params["dtype"] = choose_dtype(model.dtype, resolve_device(runtime.device)).name
@@ -47,7 +53,10 @@ def score_params(cfg: Config, model: ModelConfig) -> dict[str, Any]:
 def select_params(cfg: Config) -> dict[str, Any]:
     # `full` takes everything whatever the ratio: one key, so a sweep trains the 100% model once.
     ratio = 1.0 if cfg.filter.name == "full" else cfg.ratio
-    return {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
+    params = {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
+    if cfg.filter.allow_empty:  # its own folder: a run that does not allow an empty subset never reuses one
+        params["allow_empty"] = True
+    return params
 
 
 def train_params(cfg: Config) -> dict[str, Any]:
@@ -66,13 +75,16 @@ def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifa
     return artifacts.run_stage(Path(cfg.artifact_root), name, VERSIONS[name], params, upstream, tracked_build)
 
 
-def prepare(cfg: Config) -> Artifact:
+def prepare(cfg: Config, label: str | None = None) -> Artifact:
+    """label: how messages name the records when data.path is a copy of in-memory records (load_examples)."""
     params = key_params(cfg.data, drop=("name", "path"))
     if cfg.data.path:  # content, not location, decides the key: a moved file stays a cache hit
-        params["file_sha256"] = file_digest(resolve_path(cfg.data.path))
+        path = resolve_path(cfg.data.path)
+        check_source_file(path)  # before hashing it: a named pipe would block the read forever
+        params["file_sha256"] = file_digest(path)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        examples, report = load_examples(cfg.data)
+        examples, report = load_examples(cfg.data, label)
         write_examples(examples, out_dir / "examples.jsonl")
         return {"data": cfg.data.name, **as_dict(report)}
 
@@ -143,6 +155,10 @@ def trained_model(cfg: Config, examples: Artifact) -> Artifact:
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
     done: dict[str, Artifact] = {}
+    if "eval" in cfg.stages:
+        from eval.stage import check
+
+        check(cfg.eval)  # unknown tasks, missing files, Hub-only tasks offline: fail before any model loads
     examples = done["prepare"] = prepare(cfg)
     wanted = set(cfg.stages)
     if "score" in wanted:

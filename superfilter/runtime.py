@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,12 +11,23 @@ import torch
 
 from superfilter.errors import ConfigError
 
+DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+
 
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_processes: int = 1  # >1 launches scoring/training with accelerate (GPUs) or torchrun (CPU, gloo)
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+    def validate(self) -> None:
+        """Checked on every run, cache hit or not: a bad device must not pass just because nothing was computed."""
+        if self.device != "auto" and not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.num_processes < 1:
+            raise ConfigError(f"runtime.num_processes must be >= 1, got {self.num_processes}")
+        if self.num_threads < 0:
+            raise ConfigError(f"runtime.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
 
 
 def resolve_device(name: str) -> torch.device:

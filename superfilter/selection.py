@@ -34,7 +34,9 @@ BUDGET_EPSILON = 1e-9
 
 @dataclass
 class SelectConfig:
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size",)
+    # allow_empty never changes which records are chosen, only whether none is an error (pipeline.select_params
+    # still keys an allowed-empty run apart, so a run that forbids it never reuses an empty subset).
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size", "allow_empty")
 
     name: str = "superfilter"
     scorer: str = "weak"  # which model's scores the selector reads: weak | strong (self_ifd) | none
@@ -53,6 +55,12 @@ class SelectConfig:
     n_neighbors: int = 300  # neighbours per row in the sparse similarity
     n_clusters: int = 100  # kmeans: clusters the budget is spread over
     embed_batch_size: int = 64
+    allow_empty: bool = False  # an empty selection (budget rounds to 0, nothing qualifies) warns instead of failing
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields this selector ignores here, left out of the select key: embed_model unless the weak model embeds."""
+        embeds_with_model = self.embedder == "weak" and self.name in SELECTORS and SELECTORS[self.name].needs_embeddings
+        return () if embeds_with_model else ("embed_model",)
 
     def validate(self) -> None:
         if self.name not in SELECTORS:
@@ -291,10 +299,26 @@ def select(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embe
     choice = spec.select(table, cfg, ratio, seed, embed)
     if len(choice.ids) != len(set(choice.ids)):
         raise AssertionError(f"selector {cfg.name} returned duplicate ids")
-    if len(choice.ids) < choice.requested:
+    if not choice.ids:
+        check_not_empty(choice, cfg, ratio, len(table))
+    elif len(choice.ids) < choice.requested:
         log.warning("filter=%s: asked for %d records but only %d qualify; took %d",
                     cfg.name, choice.requested, choice.available, len(choice.ids))
     return choice
+
+
+def check_not_empty(choice: Choice, cfg: SelectConfig, ratio: float, n_records: int) -> None:
+    """An empty selection fails (or, with allow_empty, warns) with the numbers that made it empty."""
+    if choice.requested == 0:
+        why = f"the budget rounds down to 0 (ratio {ratio:g} of {n_records} records)"
+    else:
+        why = f"none of them qualify (budget {choice.requested}, {choice.available} candidates)"
+    message = f"filter={cfg.name} selected 0 of {n_records} records: {why}"
+    if cfg.allow_empty:
+        log.warning("%s; writing an empty selection (allow_empty)", message)
+        return
+    raise DataError(f"{message}; use a larger ratio or an exact count, or accept an empty result with allow_empty "
+                    "(filter.allow_empty=true, --allow-empty)")
 
 
 # ---------------------------------------------------------------- metrics and output

@@ -21,3 +21,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tiny_train_folder(tmp_path_factory) -> Path:
+    """What the train stage leaves for one tiny model: <root>/train/model/{model/, config.json}."""
+    import json
+
+    from superfilter.models import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model"
+    build_tiny_model("llama", folder / "model", seed=1)
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    (folder / "config.json").write_text(json.dumps({"stage": "train", "key": "k" * 64}))
+    return folder

@@ -145,3 +145,35 @@ def test_bundled_alpaca_5k():
     examples, report = load_examples(DataConfig(name="alpaca_5k", path="data/alpaca_5000.json"))
     assert (report.n_records, report.n_duplicates, report.n_with_input, report.n_empty_output) == (5000, 0, 1943, 2)
     assert len({e.id for e in examples}) == 5000
+
+
+def test_utf8_bom_and_raw_line_separators_are_valid(tmp_path):
+    records = [{"instruction": "Split\u2028here\u2029and\x85here?", "output": "No: JSON strings may hold them raw."},
+               {"instruction": "b", "output": "c"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False).encode())
+    for name in ("bom.jsonl", "bom.json"):
+        examples, _ = load(tmp_path / name)
+        assert [ex.instruction for ex in examples] == [r["instruction"] for r in records]
+
+
+def test_conversation_oddities_are_counted_and_warned(tmp_path, caplog):
+    f = write_jsonl(tmp_path / "c.jsonl", [
+        {"conversations": [{"from": "system", "value": "First."}, {"from": "human", "value": "u1"},
+                           {"from": "gpt", "value": "a1"}, {"from": "system", "value": "Second."},
+                           {"from": "human", "value": "dangling"}]},
+        {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+    ])
+    (first, _), report = load(f)
+    assert (first.instruction, first.output, first.system) == ("u1", "a1", "Second.")
+    assert (report.n_trailing_user_turn, report.n_repeated_system) == (1, 1)
+    assert "1 conversations end in a user turn" in caplog.text
+    assert "1 conversations have more than one system message" in caplog.text
+
+
+def test_json_array_lines_are_counted_forward(tmp_path):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(3)] + [{"instruction": "q"}]
+    (tmp_path / "a.json").write_text("[\n" + ",\n\n".join(json.dumps(r) for r in rows) + "\n]")
+    with pytest.raises(DataError, match=r"a\.json:8: missing field 'output'"):
+        load(tmp_path / "a.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import Counter
@@ -18,10 +19,10 @@ from eval.judge import (
     JudgeError,
     JudgeRequest,
     OpenAIJudge,
-    _Trie,
     judge_all,
     parse_reply,
 )
+from eval.judge.hf import _Trie
 from superfilter.models import ModelConfig, build_tiny_model
 
 REQUESTS = [JudgeRequest("scores", f"question {i}?", f"answer one {i}", f"answer two {i} is longer", "model_first")
@@ -248,3 +249,102 @@ def test_hf_judge_cached_candidate_scoring_equals_full_recomputation(tiny_judge)
             dists[node] = forward_tail(tiny_judge.model, [ids + list(node)])[0][0, -1]
     slow = torch.softmax(torch.tensor(trie.log_probs(dists), dtype=torch.float64), 0).tolist()
     assert fast == pytest.approx(slow, abs=1e-5) and math.isclose(sum(fast), 1.0)
+
+
+class OfficialKindsServer(FlakyServer):
+    """FlakyServer's failures (by the question's index) for AlpacaEval 2 and Arena-Hard requests. AlpacaEval 2
+    replies carry first-token log-probabilities; index 4 gets a reply without m/M (AlpacaEval 2) or without a
+    verdict (Arena-Hard)."""
+
+    def respond(self, handler: BaseHTTPRequestHandler, user: str, attempt: int) -> None:
+        index = int(user.split("question ")[1].split("?")[0])
+        if index in (0, 1, 2, 3):
+            if index == 0 and attempt == 1:
+                return self.send(handler, 429, b"{}", {"Retry-After": "0"})
+            if index == 1 and attempt <= 2:
+                return self.send(handler, 500, b"internal error")
+            if index == 2 and attempt == 1:
+                time.sleep(self.delay_s)
+                return self.send(handler, 200, b"{}")
+            if index == 3 and attempt == 1:
+                return self.send(handler, 200, b"<html>not json</html>")
+        if "## Best Model Identifier" in user:
+            top = ([{"token": "The", "logprob": -0.1}] if index == 4 else
+                   [{"token": "M", "logprob": math.log(0.1 * (index + 1))}, {"token": "m", "logprob": math.log(0.25)}])
+            body = {"choices": [{"message": {"role": "assistant", "content": top[0]["token"]},
+                                 "logprobs": {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
+                                                           "top_logprobs": top}]}}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 1}}
+        else:
+            verdict = ("I cannot decide." if index == 4 else
+                       f"Reasoning.\n\nMy final verdict is: [[{LABELS[index % 5]}]]")
+            body = {"choices": [{"message": {"role": "assistant", "content": verdict}}],
+                    "usage": {"prompt_tokens": 900, "completion_tokens": 300}}
+        return self.send(handler, 200, json.dumps(body).encode())
+
+
+LABELS = ["A>>B", "A>B", "A=B", "B>A", "B>>A"]
+
+
+@pytest.fixture
+def official_server():
+    s = OfficialKindsServer(delay_s=1.5)
+    yield s
+    s.close()
+
+
+def test_openai_backend_sends_the_official_settings_and_reads_alpaca_eval_2_and_arena_hard(
+        official_server, tmp_path, monkeypatch):
+    from eval.judge.base import KIND_API
+
+    monkeypatch.setenv("SUPERFILTER_TEST_KEY", "sk-test")
+    alpaca = [JudgeRequest("alpaca_eval_2", f"question {i}?", f"output one {i}", f"output two {i}") for i in range(8)]
+    arena = [JudgeRequest("arena_hard", f"question {i}?", f"baseline {i}", f"model {i}", "baseline_first")
+             for i in range(8)]
+    judge = _openai_judge(official_server.url)
+    bodies: list[dict] = []
+    original_body = judge._body
+    judge._body = lambda request: bodies.append(original_body(request)) or bodies[-1]  # keep what was sent
+    annotations, summary = judge_all(judge, alpaca + arena, [AnnotationCache(tmp_path / "a.jsonl")])
+
+    for body in bodies:
+        kind = "alpaca_eval_2" if "## Best Model Identifier" in body["messages"][1]["content"] else "arena_hard"
+        assert {k: body[k] for k in KIND_API[kind]} == KIND_API[kind]
+    assert KIND_API["alpaca_eval_2"] == {"max_tokens": 1, "temperature": 1.0, "logprobs": True, "top_logprobs": 5}
+    assert KIND_API["arena_hard"] == {"max_tokens": 4096, "temperature": 0.0}
+    for i, a in enumerate(annotations[:8]):
+        if i == 4:
+            assert not a.ok and "no m/M" in a.error
+        else:
+            assert a.p_second == pytest.approx(0.1 * (i + 1) / (0.1 * (i + 1) + 0.25)), i
+    for i, a in enumerate(annotations[8:]):
+        assert (a.verdict, a.ok) == ((None, False) if i == 4 else (LABELS[i % 5], True)), i
+    assert summary["unparseable"] == 2
+    assert summary["retries"] == {"http_429": 2, "http_500": 4, "timeout": 2, "malformed_body": 2}
+    assert math.isclose(summary["cost_usd"], (8 * (50 * 0.03 + 1 * 0.06) + 8 * (900 * 0.03 + 300 * 0.06)) / 1000)
+
+
+def test_a_backend_registers_itself_and_unknown_backends_fail_naming_the_registered_ones():
+    from eval.config import EvalConfig
+    from eval.judge import JUDGES, make_judge, register_judge
+    from superfilter.errors import ConfigError
+
+    assert set(JUDGES) >= {"openai", "hf", "replay", "fake"}
+
+    @register_judge("constant")
+    def _constant(cfg, device, concurrency, backoff_s):
+        return FakeJudge(lambda request: "b")
+
+    try:
+        judge = make_judge(JudgeConfig(backend="constant"))
+        (annotation,), _ = judge_all(judge, [JudgeRequest("preference", "q", "x", "y")], [])
+        assert annotation.p_second == 1.0
+        EvalConfig(suites=["alpaca_eval"], judge=JudgeConfig(backend="constant")).validate()
+        with pytest.raises(ValueError, match="registered twice"):
+            register_judge("constant")(_constant)
+    finally:
+        del JUDGES["constant"]
+    with pytest.raises(ConfigError, match=r"eval.judge.backend: unknown 'constant'; choose from \[.*'fake'"):
+        make_judge(JudgeConfig(backend="constant"))
+    with pytest.raises(ConfigError, match="eval.judge.backend: unknown"):
+        EvalConfig(suites=["alpaca_eval"], judge=JudgeConfig(backend="constant")).validate()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ class AlpacaEvalConfig:
     version: str = "v1"  # v1: reference text_davinci_003 (the paper) | v2: reference gpt4_1106_preview
     reference_path: str = ""  # a model_outputs.json of the reference; empty = data/alpaca_eval/<reference>.json
     limit: int = 0  # first N of the 805 instructions; 0 = eval.limit
+    # v2's length-controlled rate needs alpaca_eval's df_gamed.csv: from the Hub when reachable, else this local copy.
+    df_gamed_path: str = ""
 
 
 def validate(cfg: AlpacaEvalConfig, eval_cfg: Any) -> None:
@@ -33,7 +34,7 @@ def reference_path(cfg: AlpacaEvalConfig) -> Path:
 
     path = resolve_path(cfg.reference_path or f"data/alpaca_eval/{alpaca_eval.reference_file(cfg.version)}")
     if not path.is_file():
-        raise DataError(f"{path}: no AlpacaEval {cfg.version} reference outputs; only v1's ship in data/alpaca_eval, "
+        raise DataError(f"{path}: no AlpacaEval {cfg.version} reference outputs; "
                         "set eval.alpaca_eval.reference_path=<model_outputs.json of the reference>")
     return path
 
@@ -58,34 +59,45 @@ def prompts(ctx: Context, cfg: AlpacaEvalConfig) -> Prompts:
 def run(ctx: Context, cfg: AlpacaEvalConfig) -> Result:
     from eval import alpaca_eval
     from superfilter.artifacts import write_json_atomic
+    from superfilter.data import resolve_path
 
     reference, outputs = _reference(ctx, cfg), ctx.outputs["alpaca_eval"]["instructions"]
-    judged = ctx.judge_all("alpaca_eval", alpaca_eval.judge_requests(reference, outputs))
-    rate = alpaca_eval.win_rate(reference, judged)
+    judged = ctx.judge_all("alpaca_eval", alpaca_eval.judge_requests(reference, outputs, cfg.version))
+    unparseable = sum(not a.ok for a in judged)
     folder = ctx.eval_dir / "alpaca_eval"
+    records = alpaca_eval.annotations(reference, outputs, judged, ctx.model_name, ctx.judge_note())
     write_json_atomic(folder / "model_outputs.json", alpaca_eval.model_outputs(reference, outputs, ctx.model_name))
-    write_json_atomic(folder / "annotations.json", alpaca_eval.annotations(
-        reference, outputs, judged, ctx.model_name, ctx.judge_note()))
+    write_json_atomic(folder / "annotations.json", records)
     info = alpaca_eval.VERSIONS[cfg.version]
+    df_gamed = str(resolve_path(cfg.df_gamed_path)) if cfg.df_gamed_path else None
+    # The length-controlled GLM is fit against AlpacaEval 2's baseline (gpt4_1106_preview) only.
+    rate = alpaca_eval.summarize(records, df_gamed, length_controlled=cfg.version == "v2")
     result = {
         "version": cfg.version, "protocol": alpaca_eval.PINNED, "reference": info["reference"],
         "headline": info["headline"], "official_annotator": info["official_annotator"],
-        "judge": ctx.judge_note(), "limit": ctx.limit(cfg.limit) or None,
-        "avg_length": sum(len(o) for o in outputs) / len(outputs) if outputs else math.nan, **rate,
-        "length_controlled_win_rate": None,
+        "judge": ctx.judge_note(), "limit": ctx.limit(cfg.limit) or None, **rate,
+        "n": rate["n_total"], "unparseable": unparseable,
     }
-    notes = [f"alpaca_eval: {rate['unparseable']} unreadable verdict(s), not counted"] if rate["unparseable"] else []
+    lc = rate["length_controlled_winrate"]
+    notes = [f"alpaca_eval: {unparseable} unreadable verdict(s), not counted"] if unparseable else []
+    if cfg.version == "v2" and lc is None:
+        notes.append(f"alpaca_eval: length-controlled win rate {rate['length_controlled_unavailable']}")
     summary = [f"### AlpacaEval {cfg.version}: {info['headline']}",
                f"protocol of {alpaca_eval.PINNED}; judge: {ctx.judge_note()}", "",
-               "| win rate (%) | standard error | N | unreadable | avg length (chars) |", "|---|---|---|---|---|",
-               f"| {rate['win_rate']:.2f} | {rate['standard_error']:.2f} | {rate['n']} | {rate['unparseable']} "
-               f"| {result['avg_length']:.0f} |"]
-    return Result(result=result, metrics={k: result[k] for k in ("win_rate", "standard_error", "n", "unparseable")},
-                  headline={"alpaca_eval_win_rate": rate["win_rate"]}, summary=summary, notes=notes)
+               "| win rate (%) | standard error | LC win rate (%) | N | draws | unreadable | avg length (chars) |",
+               "|---|---|---|---|---|---|---|",
+               f"| {rate['win_rate']:.2f} | {rate['standard_error']:.2f} | {'–' if lc is None else f'{lc:.2f}'} "
+               f"| {rate['n_total']} | {rate['n_draws']} | {unparseable} | {rate['avg_length']} |"]
+    metrics = {k: result[k] for k in ("win_rate", "standard_error", "length_controlled_winrate", "n", "unparseable")}
+    headline = {"alpaca_eval_win_rate": rate["win_rate"]}
+    if lc is not None:
+        headline["alpaca_eval_lc_win_rate"] = lc
+    return Result(result=result, metrics=metrics, headline=headline, summary=summary, notes=notes)
 
 
 def report(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"AlpacaEval win %": metrics.get("win_rate")}
+    lc = metrics.get("length_controlled_winrate")
+    return {"AlpacaEval win %": metrics.get("win_rate"), **({"AlpacaEval LC %": lc} if lc is not None else {})}
 
 
 register(Suite("alpaca_eval", AlpacaEvalConfig, run, prompts=prompts, validate=validate, preflight=preflight,

@@ -83,18 +83,20 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
 
 
 def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:
-    """judge/<set>_wrap_reviews.json in the authors' format, so `python -m eval.pairwise` recomputes W/T/L."""
-    from eval.pairwise import PROMPT_FIELDS
+    """judge/<set>_wrap_reviews_<judge>.json in the authors' format and name, so their review_eval_score.py and
+    `python -m eval.pairwise` recompute W/T/L from it."""
+    from eval.judge import judge_label
+    from eval.pairwise import PROMPT_FIELDS, review_log, review_log_name
     from superfilter.artifacts import write_json_atomic
 
     data = [{"id": p.id, PROMPT_FIELDS[name]: p.question, "Answer1": a, "Answer2": b,
              "review": f.raw, "scores": str(f.scores or [-1, -1]),
              "review_reverse": r.raw, "scores_reverse": str(r.scores or [-1, -1])}
             for p, a, b, f, r in zip(prompts_, ours, theirs, forward, reverse, strict=True)]
-    meta = {"dataset_name": name, "tie_margin": ctx.cfg.judge.tie_margin, "judge": ctx.judge_note(),
+    meta = {"tie_margin": ctx.cfg.judge.tie_margin, "judge": ctx.judge_note(),
             "Answer1": ctx.model_name, "Answer2": ctx.reference_name}
-    write_json_atomic(ctx.out_dir / "judge" / f"{name}_wrap_reviews.json", {"Meta_Info": meta, "data": data})
-
+    write_json_atomic(ctx.out_dir / "judge" / review_log_name(name, judge_label(ctx.cfg.judge)),
+                      review_log(name, data, meta))
 
 register(Suite("pairwise", PairwiseConfig, run, prompts=prompts, validate=validate, needs_reference=True,
                description="judged win/tie/lose vs the partner model on Vicuna, Koala, WizardLM, Self-Instruct, LIMA"))

@@ -1,0 +1,224 @@
+"""lm-evaluation-harness plumbing shared by the lm_eval and open_llm suites: local tasks, the model, one evaluation."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.lm import forward_tail
+from superfilter.errors import DataError
+
+log = logging.getLogger(__name__)
+
+TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+TASKS_FOLDER = "lm_eval_tasks"  # rendered into <stage>/eval/: the YAMLs, utils.py and data/ they read
+CONTINUATION_CHUNK = 16
+# lm-eval's own seeds (its CLI defaults), so a rerun with its CLI draws the same few-shot examples.
+SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
+# Tasks that execute model-written code: lm-eval runs them only with confirm_run_unsafe_code.
+CODE_TASK_PREFIXES = ("humaneval", "mbpp", "ds1000", "livecodebench", "bigcodebench")
+
+
+def is_code_task(name: str) -> bool:
+    return name.startswith(CODE_TASK_PREFIXES)
+
+
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """JSON lines (.jsonl or .jsonl.gz), each checked for the fields the task reads."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not JSON: {e}") from e
+            missing = [k for k in fields if not isinstance(record.get(k), str)]
+            if missing:
+                raise DataError(f"{path}:{number}: missing string field(s) {missing}")
+            records.append({k: record[k] for k in fields})
+    return records
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """A task YAML in eval/lm_eval_tasks/ over files under eval.lm_eval.data_dir, and the Hub tasks it replaces."""
+
+    name: str
+    files: dict[str, tuple[str, tuple[str, ...]]]  # written data/<file> → (source under data_dir, fields kept)
+    stands_for: tuple[str, ...] = ()  # lm-eval task names it runs in place of when the Hub is unreachable
+
+    def missing(self, data_dir: Path) -> list[Path]:
+        return [data_dir / source for source, _ in self.files.values() if not (data_dir / source).is_file()]
+
+    def write(self, data_dir: Path, out_dir: Path) -> None:
+        for written, (source, fields) in self.files.items():
+            _write_jsonl(out_dir / "data" / written, _read_jsonl(data_dir / source, fields))
+        shutil.copy(TASK_DIR / f"{self.name}.yaml", out_dir / f"{self.name}.yaml")
+
+
+LOCAL_TASKS = {t.name: t for t in (
+    LocalTask("gsm8k_local", {"gsm8k_train.jsonl": ("gsm8k/train.jsonl", ("question", "answer")),
+                              "gsm8k_test.jsonl": ("gsm8k/test.jsonl", ("question", "answer"))}, ("gsm8k",)),
+    LocalTask("hendrycks_math500_local", {"math500_test.jsonl": ("math500/test.jsonl", ("problem", "solution"))},
+              ("hendrycks_math500",)),
+    LocalTask("humaneval_local", {"humaneval_test.jsonl": (
+        "humaneval/HumanEval.jsonl.gz", ("task_id", "prompt", "test", "entry_point"))}, ("humaneval",)),
+)}
+# Task YAMLs of ours over Hub datasets (no lm-eval task exists): rendered into the artifact like the local ones.
+HUB_TASKS = ("fiqa_sa",)
+
+
+def render_hub_tasks(names: Sequence[str], out_dir: Path) -> None:
+    start_task_folder(out_dir)
+    for name in names:
+        shutil.copy(TASK_DIR / f"{name}.yaml", out_dir / f"{name}.yaml")
+
+
+def start_task_folder(out_dir: Path) -> Path:
+    """<out_dir>/lm_eval_tasks with the helpers every local YAML names (`!function utils.*`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TASK_DIR / "utils.py", out_dir / "utils.py")
+    return out_dir
+
+
+def render_local_tasks(names: Sequence[str], data_dir: Path, out_dir: Path) -> None:
+    """Copy each local task's YAML and its data (normalised JSON lines) into out_dir; paths stay relative to it."""
+    start_task_folder(out_dir)
+    for name in names:
+        task = LOCAL_TASKS[name]
+        missing = task.missing(data_dir)
+        if missing:
+            raise DataError(f"{name}: no {', '.join(map(str, missing))} (set eval.lm_eval.data_dir to a folder "
+                            "with the releases' layout, e.g. gsm8k/test.jsonl)")
+        task.write(data_dir, out_dir)
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether Hub datasets can be fetched: never when an offline flag is set, else a quick HEAD request."""
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        return httpx.head(f"{endpoint}/api/datasets/allenai/ai2_arc", timeout=timeout_s).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+
+
+def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) -> Any:
+    """lm-eval's HFLM, but each distinct context is run once.
+
+    Multiple-choice tasks score several continuations of one context (HellaSwag's 4 endings, TruthfulQA's ~10
+    answers, MMLU's 4 letters). Here the context runs once, its keys/values are reused for every continuation, and
+    only positions that score a token go through the LM head (Gemma's is 262k wide). Tokenization, truncation
+    and the (log-probability, is-greedy) answers are lm-eval's; requests that need truncation use lm-eval's path.
+    """
+    import copy
+
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from tqdm import tqdm
+
+    class PrefixSharingHFLM(HFLM):
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            results: list[Any] = [None] * len(requests)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            plain: list[int] = []
+            for i, (_, context, continuation) in enumerate(requests):
+                fits = context and continuation and len(context) + len(continuation) <= self.max_length + 1
+                (groups.setdefault(tuple(context), []) if fits else plain).append(i)
+            if plain:
+                answers = super()._loglikelihood_tokens([requests[i] for i in plain], disable_tqdm, override_bs)
+                for i, answer in zip(plain, answers, strict=True):
+                    results[i] = answer
+            for context, members in tqdm(groups.items(), disable=disable_tqdm, desc="contexts"):
+                answers = self._score_continuations(list(context), [requests[i][2] for i in members])
+                for i, answer in zip(members, answers, strict=True):
+                    results[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            return results
+
+        def _score_continuations(self, context: list[int], continuations: list[list[int]]) -> list[tuple]:
+            with torch.no_grad():
+                first, past = forward_tail(self.model, [context])  # predicts every continuation's first token
+                first = first[0, -1]
+                answers: list[tuple[float, bool]] = []
+                # One pass per chunk of continuations reads the weights once; the chunk bounds the memory of its
+                # log-probabilities (chunk × longest continuation × vocabulary floats).
+                for start in range(0, len(continuations), CONTINUATION_CHUNK):
+                    chunk = continuations[start : start + CONTINUATION_CHUNK]
+                    width = max(len(c) for c in chunk) - 1
+                    rest = None
+                    if width:
+                        # Right-padded: under causal attention a real token never sees the padding after it.
+                        cache = copy.deepcopy(past)
+                        cache.batch_repeat_interleave(len(chunk))
+                        ids = [c[:-1] + [c[-1]] * (width - len(c) + 1) for c in chunk]
+                        rest, _ = forward_tail(self.model, ids, cache, width)
+                    for j, cont in enumerate(chunk):
+                        scored = [first] + [rest[j, t] for t in range(len(cont) - 1)]
+                        logprob = sum(float(lp[tok]) for lp, tok in zip(scored, cont, strict=True))
+                        greedy = all(int(lp.argmax()) == tok for lp, tok in zip(scored, cont, strict=True))
+                        answers.append((logprob, greedy))
+                return answers
+
+    return PrefixSharingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+
+
+
+def make_lm(model: Any, tokenizer: Any, device: str, batch_size: int, share_prefix: bool = True) -> Any:
+    from lm_eval.models.huggingface import HFLM
+
+    if share_prefix:
+        return prefix_sharing_lm(model, tokenizer, device, batch_size)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+
+
+def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = None, limit: int = 0,
+             apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+             gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False) -> dict[str, Any]:
+    """One lm-eval `simple_evaluate` call with the project's fixed seeds; no samples logged."""
+    from lm_eval import simple_evaluate
+
+    return simple_evaluate(
+        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit or None, task_manager=manager,
+        log_samples=False, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+        confirm_run_unsafe_code=allow_code_execution, **SEEDS)
+
+
+def version(package: str = "lm_eval") -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(package.replace("_", "-"))
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def known_tasks(include_path: Path | None = None) -> list[str]:
+    """Every task, group and tag name lm-eval knows (indexing its task folders takes a few seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return list(TaskManager(include_path=str(include_path) if include_path else None).all_tasks)

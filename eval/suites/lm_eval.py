@@ -1,0 +1,283 @@
+"""Suite `lm_eval`: any lm-evaluation-harness task or group by name, several entries, each with its own settings."""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.suites import Context, Result, Suite, register
+from superfilter.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "hub", "local")
+WEIGHTS = ("merged", "adapter")
+# The Open LLM suite's local tasks (eval/open_llm.py renders them) and the Hub tasks they stand in for.
+OPEN_LLM_LOCAL = {"arc_challenge": "arc_challenge_local", "hellaswag": "hellaswag_local", "mmlu": "mmlu_local",
+                  "truthfulqa_mc2": "truthfulqa_mc2_local"}
+
+
+@dataclass
+class LmEvalTask:
+    task: str = ""  # an lm-eval task, group or tag name (gsm8k, mmlu, leaderboard_ifeval ...) or a local task
+    num_fewshot: int | None = None  # None = the task's own default
+    limit: int = 0  # first N documents (per subtask of a group); 0 = eval.lm_eval.limit, then eval.limit
+    batch_size: int = 0  # 0 = eval.lm_eval_batch_size
+    apply_chat_template: bool = False  # render prompts with the tokenizer's chat template
+    fewshot_as_multiturn: bool = False  # with a chat template: few-shot examples as separate turns
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)  # merged into the task's generation_kwargs
+    metric: str = ""  # the headline "<metric>,<filter>" (e.g. exact_match,strict-match); empty = the first reported
+
+
+@dataclass
+class LmEvalConfig:
+    tasks: list[LmEvalTask] = field(default_factory=list)
+    source: str = "auto"  # auto: Hub tasks when the Hub answers, else their local copies | hub | local
+    data_dir: str = "data/eval"  # local copies in the releases' layout: gsm8k/, math500/, humaneval/, mmlu/ ...
+    limit: int = 0  # default per entry; 0 = eval.limit
+    allow_code_execution: bool = False  # humaneval/mbpp and their plus variants run model-written code
+    weights: str = "merged"  # merged (model/) | adapter (the strong model's base + the LoRA adapter in adapter/)
+    share_prefix: bool = True  # multiple-choice contexts run once (identical scores, several times faster)
+
+
+def local_tasks() -> dict[str, str]:
+    """Every local task name → the Hub task it stands in for ('' when none)."""
+    from eval.harness import LOCAL_TASKS
+
+    found = {name: (t.stands_for[0] if t.stands_for else "") for name, t in LOCAL_TASKS.items()}
+    found.update({local: hub for hub, local in OPEN_LLM_LOCAL.items()})
+    return found
+
+
+def is_local(name: str) -> bool:
+    return name in local_tasks() or name.startswith("mmlu_local_")
+
+
+def twin(name: str) -> str:
+    """The local copy of a Hub task, or ''."""
+    return next((local for local, hub in local_tasks().items() if hub == name), "")
+
+
+def validate(cfg: LmEvalConfig, eval_cfg: Any) -> None:
+    from eval.config import check_limit, one_of
+    from eval.harness import is_code_task
+
+    one_of("eval.lm_eval.source", [cfg.source], SOURCES)
+    one_of("eval.lm_eval.weights", [cfg.weights], WEIGHTS)
+    check_limit("eval.lm_eval.limit", cfg.limit)
+    if not cfg.tasks:
+        raise ConfigError("eval.lm_eval.tasks is empty: list entries such as [{task: gsm8k, num_fewshot: 8}]")
+    for i, entry in enumerate(cfg.tasks):
+        where = f"eval.lm_eval.tasks[{i}]"
+        if not entry.task:
+            raise ConfigError(f"{where}.task is empty: name an lm-eval task or group (e.g. gsm8k)")
+        check_limit(f"{where}.limit", entry.limit)
+        if entry.num_fewshot is not None and entry.num_fewshot < 0:
+            raise ConfigError(f"{where}.num_fewshot must be >= 0 or null (the task's default)")
+        if entry.batch_size < 0:
+            raise ConfigError(f"{where}.batch_size must be >= 0 (0 = eval.lm_eval_batch_size)")
+        if entry.fewshot_as_multiturn and not entry.apply_chat_template:
+            raise ConfigError(f"{where}.fewshot_as_multiturn=true needs {where}.apply_chat_template=true")
+        if is_code_task(entry.task) and not cfg.allow_code_execution:
+            raise ConfigError(f"{where}.task={entry.task} executes model-written code; allow it with "
+                              "eval.lm_eval.allow_code_execution=true")
+
+
+def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, str, str]]:
+    """(entry, task to run, 'hub' | 'local') per entry; fails in one line when an entry cannot run here."""
+    from eval.harness import hub_reachable
+
+    needs_hub = [e.task for e in cfg.tasks if not is_local(e.task)]
+    if needs_hub and cfg.source == "auto" and hub is None:
+        hub = hub_reachable()
+    use_hub = cfg.source == "hub" or (cfg.source == "auto" and bool(hub))
+    planned = []
+    for i, entry in enumerate(cfg.tasks):
+        if is_local(entry.task):
+            planned.append((entry, entry.task, "local"))
+        elif use_hub:
+            planned.append((entry, entry.task, "hub"))
+        elif twin(entry.task):
+            planned.append((entry, twin(entry.task), "local"))
+        else:
+            why = "eval.lm_eval.source=local" if cfg.source == "local" else "the Hub is unreachable"
+            raise ConfigError(f"eval.lm_eval.tasks[{i}].task={entry.task}: {why} and it has no local copy; "
+                              f"use a local task ({', '.join(sorted(local_tasks()))}) or run where the Hub answers")
+    return planned
+
+
+def preflight(cfg: LmEvalConfig, eval_cfg: Any) -> None:
+    """Task names lm-eval does not know (with the closest it does), Hub-only tasks offline, missing local files."""
+    from eval.harness import HUB_TASKS, LOCAL_TASKS, known_tasks
+    from superfilter.data import resolve_path
+
+    unknown_ok = {e.task for e in cfg.tasks if is_local(e.task) or e.task in HUB_TASKS}
+    others = [e.task for e in cfg.tasks if e.task not in unknown_ok]
+    if others:
+        known = known_tasks()
+        for i, entry in enumerate(cfg.tasks):
+            if entry.task in others and entry.task not in known:
+                close = difflib.get_close_matches(entry.task, known, n=5, cutoff=0.6)
+                raise ConfigError(f"eval.lm_eval.tasks[{i}].task={entry.task}: lm-eval "
+                                  f"has no such task or group; closest: {', '.join(close) or 'none'}")
+    data_dir = resolve_path(cfg.data_dir)
+    for i, (_, task, source) in enumerate(plan(cfg)):
+        if source == "local" and task in LOCAL_TASKS and LOCAL_TASKS[task].missing(data_dir):
+            missing = ", ".join(map(str, LOCAL_TASKS[task].missing(data_dir)))
+            raise DataError(f"eval.lm_eval.tasks[{i}] runs {task} over {missing}, which is missing; "
+                            "set eval.lm_eval.data_dir to a folder holding it")
+
+
+def load(ctx: Context, cfg: LmEvalConfig) -> tuple[Any, Any]:
+    """The evaluated model in memory: merged weights, or the base model plus the saved LoRA adapter."""
+    if cfg.weights == "merged":
+        return ctx.load_model()
+    import json
+
+    from peft import PeftModel
+
+    from eval.generation import load_tokenizer
+    from superfilter.models import ModelConfig, load_model
+
+    adapter = ctx.model_dir / "adapter"
+    config = ctx.model_dir / "config.json"
+    if not adapter.is_dir() or not config.is_file():
+        raise DataError(f"{ctx.model_dir}: eval.lm_eval.weights=adapter needs a LoRA train stage folder "
+                        "(adapter/ and config.json); use weights=merged")
+    spec = json.loads(config.read_text())["params"]["model"]
+    known = set(ModelConfig.__dataclass_fields__)
+    base, _ = load_model(ModelConfig(**{k: v for k, v in spec.items() if k in known}), ctx.device)
+    return PeftModel.from_pretrained(base, str(adapter)), load_tokenizer(ctx.model_dir)
+
+
+def render(planned: list[tuple[LmEvalTask, str, str]], cfg: LmEvalConfig, folder: Path) -> None:
+    """The local tasks' YAMLs and data in the artifact (paths relative to the folder, so it can be rerun)."""
+    from eval import harness
+    from eval.open_llm import BENCHMARKS, write_local_tasks
+    from superfilter.data import resolve_path
+
+    ours = sorted({task for _, task, source in planned if source == "hub" and task in harness.HUB_TASKS})
+    if ours:
+        harness.render_hub_tasks(ours, folder)
+    local = {task for _, task, source in planned if source == "local"}
+    if not local:
+        return
+    data_dir = resolve_path(cfg.data_dir)
+    harness.render_local_tasks(sorted(local & set(harness.LOCAL_TASKS)), data_dir, folder)
+    by_local = {b.local_task: name for name, b in BENCHMARKS.items()}
+    open_llm = sorted({by_local["mmlu_local"] if t.startswith("mmlu_local") else by_local[t]
+                       for t in local if t.startswith("mmlu_local") or t in by_local})
+    if open_llm:
+        _, skipped = write_local_tasks(data_dir, open_llm, [], folder)
+        if skipped:
+            raise DataError(f"eval.lm_eval: local tasks without data in {data_dir}: {skipped}")
+
+
+def headline(ran: str, entry: LmEvalTask, result: dict[str, Any]) -> dict[str, Any]:
+    """The entry's headline number under lm-eval's own metric name, with its standard error and N."""
+    row = result["results"].get(ran) or (result.get("groups") or {}).get(ran)
+    if row is None:  # a tag: lm-eval reports its tasks one by one
+        return {"metric": None, "value": None, "stderr": None, "n": _n(ran, result)}
+    metrics = [k for k in row if "," in k and "_stderr," not in k]
+    key = entry.metric or (metrics[0] if metrics else "")
+    if key not in row:
+        raise DataError(f"lm-eval task {ran}: no metric {key!r}; it reported {metrics}")
+    metric, _, filter_name = key.partition(",")
+    stderr = row.get(f"{metric}_stderr,{filter_name}")
+    return {"metric": key, "value": _number(row[key]), "stderr": _number(stderr), "n": _n(ran, result)}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _n(ran: str, result: dict[str, Any]) -> int:
+    samples = result.get("n-samples") or {}
+    if ran in samples:
+        return int(samples[ran]["effective"])
+    return sum(int(s["effective"]) for s in samples.values())
+
+
+def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> list[dict[str, Any]]:
+    """Every entry through lm-eval's `simple_evaluate` on the in-memory model; the local tasks land in the artifact."""
+    from lm_eval.tasks import TaskManager
+
+    from eval import harness
+
+    planned = plan(cfg)
+    folder = ctx.eval_dir / harness.TASKS_FOLDER
+    render(planned, cfg, folder)
+    managers: dict[str, Any] = {}
+    lms: dict[int, Any] = {}
+    entries = []
+    for entry, ran, source in planned:
+        if source not in managers:
+            # Hub tasks: lm-eval's own, plus ours rendered into the folder (fiqa_sa).
+            managers[source] = TaskManager(include_path=str(folder) if folder.is_dir() else None,
+                                           include_defaults=source == "hub")
+        batch_size = entry.batch_size or ctx.cfg.lm_eval_batch_size
+        if batch_size not in lms:
+            lms[batch_size] = harness.make_lm(model, tokenizer, ctx.device, batch_size, cfg.share_prefix)
+        limit = entry.limit or ctx.limit(cfg.limit)
+        log.info("lm-eval %s (%s%s)", ran, source, f", limit {limit}" if limit else "")
+        result = harness.evaluate(lms[batch_size], [ran], managers[source], entry.num_fewshot, limit,
+                                  entry.apply_chat_template, entry.fewshot_as_multiturn, entry.gen_kwargs,
+                                  cfg.allow_code_execution)
+        entries.append({
+            "task": entry.task, "ran": ran, "source": source, "limit": limit or None, "batch_size": batch_size,
+            "num_fewshot": entry.num_fewshot, "n_shot": result.get("n-shot"),
+            "apply_chat_template": entry.apply_chat_template, "fewshot_as_multiturn": entry.fewshot_as_multiturn,
+            "gen_kwargs": dict(entry.gen_kwargs), "headline": headline(ran, entry, result),
+            **{k.replace("-", "_"): result.get(k) for k in ("results", "groups", "n-samples", "versions",
+                                                            "higher_is_better")},
+        })
+    return entries
+
+
+def run(ctx: Context, cfg: LmEvalConfig) -> Result:
+    from eval import harness
+
+    model, tokenizer = load(ctx, cfg)
+    try:
+        entries = run_entries(ctx, cfg, model, tokenizer)
+    finally:
+        del model
+        gc.collect()
+    local = (ctx.eval_dir / harness.TASKS_FOLDER).is_dir()
+    result = {
+        "lm_eval_version": harness.version(), "device": ctx.device, "weights": cfg.weights,
+        "allow_code_execution": cfg.allow_code_execution, "tasks": entries,
+        "tasks_folder": f"eval/{harness.TASKS_FOLDER}" if local else None,
+    }
+    rows = ["| task | ran | source | shots | N | metric | value | stderr |", "|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        h = e["headline"]
+        shots = e["num_fewshot"] if e["num_fewshot"] is not None else "default"
+        rows.append(f"| {e['task']} | {e['ran']} | {e['source']} | {shots} | {h['n']} | {h['metric'] or '–'} "
+                    f"| {_cell(h['value'])} | {_cell(h['stderr'])} |")
+    limited = sorted({e["limit"] for e in entries if e["limit"]})
+    notes = [f"lm_eval: limit {', '.join(map(str, limited))} documents per task: not comparable to full runs"] \
+        if limited else []
+    summary = [f"### lm-eval tasks (lm-eval {result['lm_eval_version']}, {ctx.device}, {cfg.weights} weights)", "",
+               *rows]
+    return Result(result=result, metrics={e["task"]: e["headline"] for e in entries},
+                  headline={f"lm_eval/{e['task']}/{e['headline']['metric']}": e["headline"]["value"]
+                            for e in entries if e["headline"]["value"] is not None},
+                  summary=summary, notes=notes)
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def report(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{task} {h.get('metric')}": h.get("value") for task, h in metrics.items() if isinstance(h, dict)}
+
+
+register(Suite("lm_eval", LmEvalConfig, run, validate=validate, preflight=preflight, report=report,
+               description="any lm-evaluation-harness task or group by name, with per-entry settings"))

@@ -1,0 +1,227 @@
+"""Suite `reference_nll`: mean per-token NLL of reference answers under the model, in its training template.
+
+No generation and no judge: each reference answer is scored with the same tokenisation and labels as training
+(train.collate.encode), per item, so two models are compared by paired differences with a standard error.
+It measures how likely the model finds a fixed answer, not how good its own answers are.
+
+    python -m eval.suites.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
+prints the paired comparison of two evaluations' per-item files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.suites import Context, Result, Suite, register
+
+ITEMS_DIR = "reference_nll"  # eval/reference_nll/<set>.jsonl: one line per item, per model
+
+
+@dataclass
+class ReferenceNllConfig:
+    # Instruction/answer files: a JSON list or JSON lines of {instruction, [input], output} (alpaca_eval's
+    # model_outputs.json, Alpaca), or Arena-Hard answer lines ({messages: [user, assistant]}).
+    paths: list[str] = field(default_factory=lambda: ["data/alpaca_eval/text_davinci_003_model_outputs.json"])
+    limit: int = 0  # first N items per file; 0 = eval.limit
+    max_tokens: int = 1024  # prompt + answer; longer items keep their first max_tokens tokens (counted)
+    batch_size: int = 1  # the LM head's output is positions × vocabulary floats per row
+
+
+def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
+    from eval.config import check_limit
+    from superfilter.errors import ConfigError
+
+    check_limit("eval.reference_nll.limit", cfg.limit)
+    if not cfg.paths:
+        raise ConfigError("eval.reference_nll.paths is empty: name at least one instruction/answer file")
+    if cfg.max_tokens < 2 or cfg.batch_size < 1:
+        raise ConfigError("eval.reference_nll.max_tokens must be >= 2 and eval.reference_nll.batch_size >= 1")
+
+
+def preflight(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
+    for path in cfg.paths:
+        load_items(path, 1)
+
+
+def set_name(path: str) -> str:
+    return Path(path).name.split(".")[0]
+
+
+def load_items(path: str, limit: int = 0) -> list[dict[str, str]]:
+    """[{id, instruction, input, output}] of the first `limit` records; fails naming the file and record."""
+    from superfilter.data import resolve_path
+    from superfilter.errors import DataError
+
+    file = resolve_path(path)
+    if not file.is_file():
+        raise DataError(f"eval.reference_nll.paths: {file} does not exist")
+    text = file.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else \
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: not JSON or JSON lines: {e}") from e
+    items = []
+    for i, r in enumerate(records[: limit or None]):
+        if isinstance(r, dict) and isinstance(r.get("messages"), list) and len(r["messages"]) >= 2:
+            user, answer = r["messages"][-2].get("content"), r["messages"][-1].get("content")
+            answer = answer.get("answer") if isinstance(answer, dict) else answer
+            r = {"instruction": user, "output": answer, "id": r.get("uid", i)}
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
+            raise DataError(f"{file}: record {i} needs string fields 'instruction' and 'output' (or Arena-Hard "
+                            "'messages')")
+        items.append({"id": str(r.get("id", i)), "instruction": r["instruction"], "input": str(r.get("input") or ""),
+                      "output": r["output"]})
+    return items
+
+
+def item_nll(model: Any, tokenizer: Any, items: Sequence[dict[str, str]], template: str, max_tokens: int,
+             batch_size: int) -> list[dict[str, Any]]:
+    """Per item: summed and mean NLL (nats) of the answer tokens given the prompt, token count, truncation.
+
+    Only the positions that predict an answer token go through the LM head (Gemma's is 262k wide); the answer
+    is the end of the rendered text, so those are the last positions of each row.
+    """
+    from eval.lm import forward_tail
+    from superfilter.data import Example
+    from train.collate import IGNORE, encode
+
+    encoded = [encode(Example.create(it["instruction"], it["input"], it["output"]), template, tokenizer)
+               for it in items]
+    out: list[dict[str, Any]] = [{} for _ in items]
+    order = sorted(range(len(items)), key=lambda i: encoded[i].n_tokens)  # similar lengths share a batch
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        ids = [list(encoded[i].input_ids[:max_tokens]) for i in batch]
+        labels = [list(encoded[i].labels[:max_tokens]) for i in batch]
+        width = max(len(x) for x in ids)
+        # Position p - 1 predicts token p; position 0 has no prediction and is never scored.
+        scored = [[p for p in range(1, len(y)) if y[p] != IGNORE] for y in labels]
+        first = min((s[0] for s in scored if s), default=width)
+        keep = max(width - (first - 1), 1)
+        # Right padding: under causal attention no real token sees the padding after it.
+        logprobs, _ = forward_tail(model, [x + [pad] * (width - len(x)) for x in ids], None, keep)
+        offset = width - keep
+        for row, i in enumerate(batch):
+            total = -sum(float(logprobs[row, p - 1 - offset, labels[row][p]]) for p in scored[row])
+            n = len(scored[row])
+            out[i] = {"id": items[i]["id"], "n_tokens": n, "nll_sum": total,
+                      "nll_mean": total / n if n else math.nan, "truncated": encoded[i].n_tokens > max_tokens}
+        del logprobs
+    return out
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    n = len(finite)
+    mean = sum(finite) / n if n else math.nan
+    se = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1) / n) if n > 1 else math.nan
+    return mean, se
+
+
+def paired(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of per-item (ours − theirs) mean NLL, its standard error, and how often ours is lower."""
+    theirs_by_id = {r["id"]: r["nll_mean"] for r in theirs}
+    diffs = [r["nll_mean"] - theirs_by_id[r["id"]] for r in ours
+             if r["id"] in theirs_by_id and math.isfinite(r["nll_mean"]) and math.isfinite(theirs_by_id[r["id"]])]
+    mean, se = mean_and_se(diffs)
+    return {"n": len(diffs), "mean_difference": mean, "standard_error": se,
+            "share_lower": sum(d < 0 for d in diffs) / len(diffs) if diffs else math.nan}
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    mean, se = mean_and_se([r["nll_mean"] for r in rows])
+    tokens = sum(r["n_tokens"] for r in rows)
+    scored = sum(r["n_tokens"] > 0 for r in rows)
+    # An item whose prompt alone fills max_tokens has no answer token left: counted, never scored.
+    return {"n": scored, "n_prompt_too_long": len(rows) - scored, "nll_mean": mean, "standard_error": se,
+            "token_weighted_nll": sum(r["nll_sum"] for r in rows) / tokens if tokens else math.nan,
+            "n_truncated": sum(r["truncated"] for r in rows), "n_tokens": tokens}
+
+
+def _score(ctx: Context, model_dir: Path, sets: dict[str, list[dict[str, str]]], cfg: ReferenceNllConfig
+           ) -> dict[str, list[dict[str, Any]]]:
+    from eval.generation import load_trained, training_template
+
+    template = training_template(model_dir, ctx.cfg.template)
+    model, tokenizer = load_trained(model_dir, ctx.device)
+    try:
+        return {name: item_nll(model, tokenizer, items, template, cfg.max_tokens, cfg.batch_size)
+                for name, items in sets.items()}
+    finally:
+        del model
+        gc.collect()
+
+
+def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
+    from superfilter.artifacts import write_json_atomic
+
+    sets = {set_name(p): load_items(p, ctx.limit(cfg.limit)) for p in cfg.paths}
+    ours = _score(ctx, ctx.model_dir, sets, cfg)
+    theirs = _score(ctx, ctx.reference_dir, sets, cfg) if ctx.reference_dir is not None else {}
+    folder = ctx.eval_dir / ITEMS_DIR
+    result: dict[str, Any] = {"model": ctx.model_name, "reference": ctx.reference_name, "max_tokens": cfg.max_tokens,
+                              "unit": "nats per answer token", "sets": {}}
+    lines = ["| set | N | mean NLL | ± SE | token-weighted | truncated | vs partner (Δ ± SE) | lower than partner |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in sets:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours[name]))
+        entry = {"path": cfg.paths[list(sets).index(name)], "model": _summarise(ours[name]),
+                 "items": f"eval/{ITEMS_DIR}/{name}.jsonl"}
+        if name in theirs:
+            (folder / f"{name}.reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in theirs[name]))
+            entry["partner"] = _summarise(theirs[name])
+            entry["paired"] = paired(ours[name], theirs[name])
+        result["sets"][name] = entry
+        m, p = entry["model"], entry.get("paired")
+        versus = f"{p['mean_difference']:+.4f} ± {p['standard_error']:.4f}" if p else "–"
+        lower = f"{100 * p['share_lower']:.0f}%" if p else "–"
+        lines.append(f"| {name} | {m['n']} | {m['nll_mean']:.4f} | {m['standard_error']:.4f} "
+                     f"| {m['token_weighted_nll']:.4f} | {m['n_truncated']} | {versus} | {lower} |")
+    write_json_atomic(folder / "summary.json", result)
+    metrics = {name: {"nll_mean": e["model"]["nll_mean"], "standard_error": e["model"]["standard_error"],
+                      "n": e["model"]["n"], **({"vs_partner": e["paired"]["mean_difference"],
+                                                "vs_partner_se": e["paired"]["standard_error"]}
+                                               if "paired" in e else {})}
+               for name, e in result["sets"].items()}
+    summary = [f"### Reference-answer NLL (nats per answer token, lower = the model finds the answers likelier; "
+               f"partner {ctx.reference_name})", "", *lines]
+    notes = ["reference_nll measures how likely the model finds fixed reference answers, not the quality of its "
+             "own answers; it favours models trained on answers like the references (long, GPT-4 style)"]
+    return Result(result=result, metrics=metrics,
+                  headline={f"reference_nll/{n}": m["nll_mean"] for n, m in metrics.items()},
+                  summary=summary, notes=notes)
+
+
+def report(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"ref NLL {name}": m.get("nll_mean") for name, m in metrics.items() if isinstance(m, dict)}
+
+
+if __name__ != "__main__":  # run as a script, the package import has registered this module's twin already
+    register(Suite("reference_nll", ReferenceNllConfig, run, validate=validate, preflight=preflight, report=report,
+                   description="mean per-token NLL of reference answers in the training template, per item"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.suites.reference_nll",
+                                     description="Paired comparison of two evaluations' per-item reference NLL.")
+    parser.add_argument("ours", type=Path, help="eval/reference_nll/<set>.jsonl of model A")
+    parser.add_argument("theirs", type=Path, help="the same set's file of model B")
+    args = parser.parse_args(argv)
+    rows = [[json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in (args.ours, args.theirs)]
+    print(json.dumps(paired(*rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

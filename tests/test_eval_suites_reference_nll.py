@@ -1,0 +1,96 @@
+"""reference_nll: per-item NLL equals an independent loss, batching changes nothing, paired comparison, file formats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.config import EvalConfig
+from eval.stage import eval_stage
+from eval.suites import reference_nll
+from eval.suites.reference_nll import ReferenceNllConfig, item_nll, load_items, paired
+from superfilter.errors import DataError
+from superfilter.models import ModelConfig, build_tiny_model, load_model
+from superfilter.prompts import generation_prompt
+from superfilter.runtime import RuntimeConfig
+from superfilter.tracking import StageRun
+
+ALPACA_EVAL = Path(__file__).resolve().parents[1] / "data" / "alpaca_eval" / "text_davinci_003_model_outputs.json"
+
+
+def _trained(root: Path, name: str, seed: int) -> Path:
+    folder = root / "train" / name
+    build_tiny_model("llama", folder / "model", seed=seed)
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("artifacts")
+    return _trained(root, "model", 11), _trained(root, "reference", 12)
+
+
+def test_item_nll_equals_a_one_item_labels_loss_and_ignores_batching(models):
+    model, tokenizer = load_model(ModelConfig(source="local", path=str(models[0] / "model")), "cpu")
+    items = load_items(str(ALPACA_EVAL), 5)
+    batched = item_nll(model, tokenizer, items, "alpaca", 1024, batch_size=4)
+    single = item_nll(model, tokenizer, items, "alpaca", 1024, batch_size=1)
+    assert [r["nll_mean"] for r in batched] == pytest.approx([r["nll_mean"] for r in single], abs=1e-4)
+    for item, row in zip(items, batched, strict=True):
+        prompt = generation_prompt(item["instruction"], "alpaca", tokenizer)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + item["output"] + tokenizer.eos_token)["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids  # the tiny byte-level tokenizer keeps the boundary
+        labels = [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        assert row["nll_mean"] == pytest.approx(float(loss), abs=1e-4)
+        assert row["n_tokens"] == len(ids) - len(prompt_ids) and not row["truncated"]
+
+
+def test_paired_difference_and_its_standard_error():
+    ours = [{"id": str(i), "nll_mean": v} for i, v in enumerate([1.0, 2.0, 3.0, 4.0])]
+    theirs = [{"id": str(i), "nll_mean": v} for i, v in enumerate([1.5, 2.0, 3.5, 5.0])]
+    result = paired(ours, theirs + [{"id": "extra", "nll_mean": 9.0}])
+    diffs = [-0.5, 0.0, -0.5, -1.0]
+    mean = sum(diffs) / 4
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3 / 4)
+    assert result == pytest.approx({"n": 4, "mean_difference": mean, "standard_error": se, "share_lower": 0.75})
+
+
+def test_stage_scores_both_models_and_saves_per_item_values(models, tmp_path):
+    model_dir, reference_dir = models
+    cfg = EvalConfig(suites=["reference_nll"], reference="random")
+    cfg.reference_nll = ReferenceNllConfig(paths=[str(ALPACA_EVAL)], limit=3, max_tokens=300)
+    out = tmp_path / "eval" / "r.partial"
+    metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+    name = "text_davinci_003_model_outputs"
+    ours = [json.loads(line) for line in (out / "eval" / "reference_nll" / f"{name}.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in
+              (out / "eval" / "reference_nll" / f"{name}.reference.jsonl").read_text().splitlines()]
+    assert len(ours) == len(theirs) == 3 and any(r["truncated"] for r in ours)  # 300 byte-level tokens cut long answers
+    assert all(r["n_tokens"] > 0 for r in ours)
+    summary = json.loads((out / "eval" / "reference_nll.json").read_text())["sets"][name]
+    assert summary["paired"] == pytest.approx(paired(ours, theirs))
+    assert metrics["reference_nll"][name]["nll_mean"] == pytest.approx(sum(r["nll_mean"] for r in ours) / 3)
+    assert "Reference-answer NLL" in (out / "eval" / "summary.md").read_text()
+    assert reference_nll.main([str(out / "eval" / "reference_nll" / f"{name}.jsonl"),
+                               str(out / "eval" / "reference_nll" / f"{name}.reference.jsonl")]) == 0
+
+
+def test_arena_hard_answers_and_malformed_files(tmp_path):
+    arena = tmp_path / "gpt-4-0314.jsonl"
+    arena.write_text(json.dumps({"uid": "q1", "messages": [{"role": "user", "content": "Hi?"},
+                                                           {"role": "assistant", "content": {"answer": "Hello."}}]}))
+    assert load_items(str(arena)) == [{"id": "q1", "instruction": "Hi?", "input": "", "output": "Hello."}]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "x", "output": "y"}, {"instruction": "x"}]))
+    with pytest.raises(DataError, match="bad.json: record 1 needs string fields"):
+        load_items(str(bad))
+    with pytest.raises(DataError, match="does not exist"):
+        reference_nll.preflight(ReferenceNllConfig(paths=[str(tmp_path / "missing.json")]), None)

@@ -1,0 +1,233 @@
+"""The lm_eval suite on tiny models: local tasks, open_llm as a preset of it, the lm_eval CLI rerun, bad requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.config import EvalConfig
+from eval.open_llm import run_open_llm
+from eval.stage import eval_stage
+from eval.suites import lm_eval as suite
+from eval.suites.lm_eval import LmEvalConfig, LmEvalTask
+from eval.suites.open_llm import OpenLLMConfig
+from superfilter.errors import ConfigError
+from superfilter.models import ModelConfig, build_tiny_model, load_model
+from superfilter.runtime import RuntimeConfig
+from superfilter.tracking import StageRun
+
+PROJECT = Path(__file__).resolve().parents[1]
+TASKS_SRC = PROJECT / "eval" / "lm_eval_tasks"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model-run"
+    build_tiny_model("llama", folder / "model", seed=5)
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    return folder
+
+
+def _cfg(*tasks: LmEvalTask, **options) -> EvalConfig:
+    cfg = EvalConfig(suites=["lm_eval"], reference="none")
+    cfg.lm_eval = LmEvalConfig(tasks=list(tasks), **options)
+    return cfg
+
+
+def _stage(trained: Path, cfg: EvalConfig, out: Path) -> dict:
+    return eval_stage(trained, None, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+
+
+@pytest.mark.slow
+def test_local_tasks_keep_lm_eval_metric_names_and_record_settings(trained, tmp_path):
+    short = {"max_gen_toks": 12}
+    cfg = _cfg(LmEvalTask("gsm8k", num_fewshot=2, limit=2, gen_kwargs=short),
+               LmEvalTask("hendrycks_math500_local", limit=2, gen_kwargs=short),
+               LmEvalTask("humaneval_local", limit=2, gen_kwargs=short),
+               allow_code_execution=True)
+    out = tmp_path / "eval" / "a.partial"
+    metrics = _stage(trained, cfg, out)
+    result = json.loads((out / "eval" / "lm_eval.json").read_text())
+    gsm8k, math500, humaneval = result["tasks"]
+    # Offline, the Hub task runs as its local copy; lm-eval's metric and filter names are kept.
+    assert (gsm8k["ran"], gsm8k["source"]) == ("gsm8k_local", "local")
+    assert {"exact_match,strict-match", "exact_match_stderr,strict-match", "exact_match,flexible-extract"} \
+        <= set(gsm8k["results"]["gsm8k_local"])
+    assert gsm8k["n_shot"]["gsm8k_local"] == 2 and gsm8k["limit"] == 2 and gsm8k["gen_kwargs"] == short
+    assert math500["headline"]["metric"] == "exact_match,none" and humaneval["headline"]["metric"] == "pass@1,none"
+    assert all(e["headline"]["n"] == 2 and e["headline"]["stderr"] is not None for e in result["tasks"])
+    assert result["device"] == "cpu" and result["lm_eval_version"][0].isdigit() and result["weights"] == "merged"
+    assert metrics["lm_eval"]["gsm8k"] == gsm8k["headline"]
+    summary = (out / "eval" / "summary.md").read_text()
+    assert "| gsm8k | gsm8k_local | local | 2 | 2 | exact_match,strict-match |" in summary
+    # The rendered tasks name their data relative to their folder: no absolute path, no stage folder name.
+    folder = out / "eval" / "lm_eval_tasks"
+    for yaml_file in folder.glob("*.yaml"):
+        text = yaml_file.read_text()
+        assert str(out) not in text and "data/" in text and "/data/" not in text, yaml_file.name
+
+
+@pytest.mark.slow
+def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(trained, tmp_path):
+    """Same numbers three ways: the open_llm suite, lm_eval entries with the leaderboard's shots, and a stock
+    lm-eval HFLM over the same task files (the path the open_llm suite took before it was built on lm_eval)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = load_model(ModelConfig(source="local", path=str(trained / "model")), "cpu")
+    data = PROJECT / "data" / "eval"
+    open_llm = run_open_llm(model, tokenizer, OpenLLMConfig(source="local", data_dir=str(data)), data, limit=3,
+                            device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
+    cfg = _cfg(LmEvalTask("hellaswag", num_fewshot=10), LmEvalTask("truthfulqa_mc2", num_fewshot=0),
+               LmEvalTask("mmlu_local", num_fewshot=5), source="local", limit=3)
+    lm_eval = _stage(trained, cfg, tmp_path / "eval" / "b.partial")["lm_eval"]
+    entries = {e["task"]: e for e in json.loads(
+        (tmp_path / "eval" / "b.partial" / "eval" / "lm_eval.json").read_text())["tasks"]}
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, device="cpu")
+    manager = TaskManager(include_path=str(tmp_path / "open_llm" / "lm_eval_tasks"), include_defaults=False)
+    for name, task, shots, key in (("hellaswag", "hellaswag_local", 10, "acc_norm,none"),
+                                   ("truthfulqa_mc2", "truthfulqa_mc2_local", 0, "acc,none")):
+        direct = simple_evaluate(model=stock, tasks=[task], num_fewshot=shots, limit=3, task_manager=manager,
+                                 random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
+                                 fewshot_random_seed=1234)["results"][task][key]
+        ours = entries[name]["results"][task][key]
+        assert open_llm["benchmarks"][name]["value"] == pytest.approx(direct, abs=1e-6)
+        assert ours == open_llm["benchmarks"][name]["value"]
+    assert lm_eval["mmlu_local"]["value"] == pytest.approx(open_llm["benchmarks"]["mmlu"]["value"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_lm_eval_cli_reruns_a_finished_artifact(trained, tmp_path):
+    from superfilter.artifacts import run_stage
+
+    cfg = _cfg(LmEvalTask("truthfulqa_mc2_local", limit=4), LmEvalTask("mmlu_local_management", limit=4),
+               LmEvalTask("gsm8k_local", num_fewshot=1, limit=2, gen_kwargs={"max_gen_toks": 8}))
+    artifact = run_stage(tmp_path / "artifacts", "eval", 1, {"test": 1}, [],
+                         lambda out: _stage(trained, cfg, out))
+    assert not list((tmp_path / "artifacts" / "eval").glob("*.partial"))
+    stage = json.loads((artifact.path / "eval" / "lm_eval.json").read_text())
+    cli_out = tmp_path / "cli"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for entry in stage["tasks"]:
+        command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                   f"pretrained={trained / 'model'}", "--include_path", str(artifact.path / "eval" / "lm_eval_tasks"),
+                   "--tasks", entry["ran"], "--limit", str(entry["limit"]), "--device", "cpu", "--batch_size", "1",
+                   "--output_path", str(cli_out / entry["ran"]), "--seed", "0,1234,1234,1234"]
+        if entry["num_fewshot"] is not None:
+            command += ["--num_fewshot", str(entry["num_fewshot"])]
+        if entry["gen_kwargs"]:
+            command += ["--gen_kwargs", ",".join(f"{k}={v}" for k, v in entry["gen_kwargs"].items())]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (saved,) = (cli_out / entry["ran"]).rglob("results_*.json")
+        cli = json.loads(saved.read_text())["results"][entry["ran"]]
+        key = entry["headline"]["metric"]
+        assert cli[key] == pytest.approx(entry["headline"]["value"], abs=1e-6), entry["ran"]
+
+
+@pytest.mark.slow
+def test_weights_adapter_runs_base_plus_lora_like_the_merged_model(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base_dir = build_tiny_model("llama", tmp_path / "base", seed=7)
+    folder = tmp_path / "train" / "lora-run"
+    base, tokenizer = load_model(ModelConfig(source="local", path=str(base_dir)), "cpu")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(folder / "adapter")
+    peft_model.merge_and_unload().save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    (folder / "config.json").write_text(json.dumps({"params": {"model": {"source": "local", "path": str(base_dir)}}}))
+    values = {}
+    for weights in ("merged", "adapter"):
+        cfg = _cfg(LmEvalTask("truthfulqa_mc2_local", limit=3), weights=weights)
+        values[weights] = _stage(folder, cfg, tmp_path / weights)["lm_eval"]["truthfulqa_mc2_local"]["value"]
+    assert values["adapter"] == pytest.approx(values["merged"], rel=1e-4)
+
+
+def test_code_tasks_need_the_flag_and_the_refusal_is_one_line(trained, tmp_path):
+    for name in ("humaneval", "mbpp_plus", "humaneval_local"):
+        with pytest.raises(ConfigError) as failure:
+            _stage(trained, _cfg(LmEvalTask(name)), tmp_path / "out")
+        assert "\n" not in str(failure.value) and "eval.lm_eval.allow_code_execution=true" in str(failure.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    (LmEvalTask(""), "task is empty"),
+    (LmEvalTask("gsm8k_local", fewshot_as_multiturn=True), "apply_chat_template=true"),
+    (LmEvalTask("gsm8k_local", limit=-1), "limit"),
+])
+def test_bad_entries_fail_at_config_time(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(entry).validate()
+    with pytest.raises(ConfigError, match="eval.lm_eval.tasks is empty"):
+        _cfg().validate()
+
+
+def test_a_hub_only_task_offline_names_the_local_ones():
+    cfg = LmEvalConfig(tasks=[LmEvalTask("gsm8k"), LmEvalTask("medqa_4options")])
+    with pytest.raises(ConfigError, match=r"tasks\[1\].task=medqa_4options: the Hub is unreachable and it has no "
+                                          r"local copy; use a local task \(.*gsm8k_local"):
+        suite.plan(cfg, hub=False)
+    assert [(ran, source) for _, ran, source in suite.plan(cfg, hub=True)] == [("gsm8k", "hub"),
+                                                                               ("medqa_4options", "hub")]
+    local = LmEvalConfig(tasks=[LmEvalTask("gsm8k")], source="local")
+    assert [(ran, source) for _, ran, source in suite.plan(local, hub=True)] == [("gsm8k_local", "local")]
+
+
+@pytest.mark.slow
+def test_an_unknown_task_fails_before_any_model_loads_with_the_closest_names(tmp_path):
+    cfg = _cfg(LmEvalTask("gsm8k_local"), LmEvalTask("gsm8kk"))
+    with pytest.raises(ConfigError) as failure:
+        _stage(tmp_path / "no-model-here", cfg, tmp_path / "out")
+    message = str(failure.value)
+    assert "\n" not in message and "tasks[1].task=gsm8kk" in message and "closest: gsm8k" in message
+
+
+def test_missing_local_data_fails_naming_the_data_dir(tmp_path):
+    from superfilter.errors import DataError
+
+    cfg = _cfg(LmEvalTask("gsm8k_local"), data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="eval.lm_eval.data_dir"):
+        _stage(tmp_path / "no-model-here", cfg, tmp_path / "out")
+
+
+def _utils():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_task_utils", TASKS_SRC / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_humaneval_scoring_runs_the_tests_in_a_subprocess(monkeypatch):
+    import gzip
+
+    utils = _utils()
+    with gzip.open(PROJECT / "data" / "eval" / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
+        doc = json.loads(f.readline())
+    body = doc.get("canonical_solution") or ""
+    assert body, "the slice keeps the reference solutions"
+    assert utils.humaneval_results(doc, [body]) == {"pass@1": 1.0}
+    assert utils.humaneval_results(doc, ["    return None\n"]) == {"pass@1": 0.0}
+    monkeypatch.setattr(utils, "HUMANEVAL_TIMEOUT_S", 0.5)
+    assert utils.humaneval_results(doc, ["    while True:\n        pass\n"]) == {"pass@1": 0.0}
+
+
+def test_math_answers_are_compared_after_lm_evals_normalisation():
+    utils = _utils()
+    doc = {"problem": "p", "solution": "so $x = \\boxed{\\frac{1}{2}}$"}
+    assert utils.math_results(doc, ["The answer is $\\frac12$"]) == {"exact_match": 1}
+    assert utils.math_results(doc, ["The answer is $0.5$"]) == {"exact_match": 1}  # the normaliser knows 0.5
+    assert utils.math_results(doc, ["The answer is $\\frac{2}{4}$"]) == {"exact_match": 0}  # not symbolic
+    assert utils.math_results(doc, ["$\\frac{1}{3}$"]) == {"exact_match": 0}
