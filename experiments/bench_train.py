@@ -1,6 +1,7 @@
-"""Benchmark training throughput: padded vs packed micro-batches, and the wall time of the embedded default stage.
+"""Benchmark training throughput: padded vs packed micro-batches, fp32 vs bf16, and the embedded default's wall time.
 
 python experiments/bench_train.py --steps 2 --repeats 3 --stage-records 100
+python experiments/bench_train.py --repeats 0 --precision-steps 4 --precision-rounds 2 --plot precision.png
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from superfilter.models import load_model, model_from_name  # noqa: E402
 from superfilter.presets import compose_config  # noqa: E402
 from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
-from train import sft  # noqa: E402
+from train import report, sft  # noqa: E402
 from train.collate import encode_all  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.schedule import accumulation_steps, plan  # noqa: E402
@@ -114,6 +115,50 @@ def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[E
         "n_steps", "train_loop_s", "tokens_per_s", "loss_first", "loss_last")}, "n_tokens": metrics["data"]["n_tokens"]}
 
 
+PRECISIONS = {"fp32": ("float32", "no"), "bf16": ("bfloat16", "bf16")}  # (base weights, autocast)
+
+
+def precision_compare(args: argparse.Namespace, cfg: TrainConfig, examples: list[Example]) -> dict:
+    """The whole train stage in fp32 and in bf16 (bf16 base weights, bf16 autocast, fp32 LoRA weights), the same
+    records and steps, runs alternating: per-step tokens/s (medians, first step left out) and both loss curves."""
+    spec = model_from_name(args.model)
+    records = random.Random(2).sample(examples, min(len(examples), cfg.batch_size * args.precision_steps))
+    rates: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    losses: dict[str, list[float]] = {}
+    for r in range(args.precision_rounds):
+        for name in (list(PRECISIONS) if r % 2 == 0 else list(PRECISIONS)[::-1]):
+            dtype, autocast = PRECISIONS[name]
+            with tempfile.TemporaryDirectory() as tmp:
+                write_examples(records, Path(tmp) / "subset.jsonl")
+                (Path(tmp) / "out").mkdir()
+                metrics = sft.train_stage(Path(tmp) / "subset.jsonl", replace(spec, dtype=dtype),
+                                          replace(cfg, mixed_precision=autocast, max_steps=args.precision_steps),
+                                          0, RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
+                rows = report.read_metrics(Path(tmp) / "out" / report.METRICS_FILE)
+            rates[name] += [row["tokens_per_s"] for row in rows[1:]]
+            losses[name] = [row["loss"] for row in rows]
+            print(f"  round {r + 1} {name} ({metrics['dtype']}, autocast {metrics['mixed_precision']}): "
+                  f"{statistics.median(row['tokens_per_s'] for row in rows[1:]):.0f} tok/s, losses "
+                  f"{[round(x, 4) for x in losses[name]]}, load {os.getloadavg()[0]:.1f}", flush=True)
+    medians = {name: statistics.median(v) for name, v in rates.items()}
+    return {"records": len(records), "steps": args.precision_steps, "rounds": args.precision_rounds,
+            "tokens_per_s": medians, "bf16_vs_fp32": medians["bf16"] / medians["fp32"], "losses": losses,
+            "max_abs_loss_diff": max(abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"], strict=True))}
+
+
+def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for name, values in losses.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set(xlabel="optimizer step", ylabel="train loss", title="LoRA, embedded default: fp32 vs bf16")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def print_throughput(table: list[dict]) -> None:
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| mode | tokens/s (median) | min–max | tokens per CPU-second | computed slots per real token | s/step |")
@@ -135,6 +180,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median reported); 0 = skip")
     parser.add_argument("--stage-records", type=int, default=0, help="also time the whole stage on N records")
+    parser.add_argument("--precision-steps", type=int, default=0, help="fp32 vs bf16: steps per run (0 = skip)")
+    parser.add_argument("--precision-rounds", type=int, default=2, help="fp32 vs bf16: alternating rounds")
+    parser.add_argument("--plot", type=Path, help="fp32 vs bf16: write both loss curves here")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -154,6 +202,13 @@ def main() -> None:
               f"steps: {s['wall_s']:.0f} s wall, {s['cpu_s']:.0f} CPU-s ({s['train_loop_s']:.0f} s training, "
               f"{s['tokens_per_s']:.0f} tok/s), load average {os.getloadavg()[0]:.1f}, "
               f"loss {s['loss_first']:.3f} → {s['loss_last']:.3f}")
+    if args.precision_steps:
+        results["precision"] = p = precision_compare(args, cfg, examples)
+        print(f"\nfp32 {p['tokens_per_s']['fp32']:.0f} tok/s, bf16 {p['tokens_per_s']['bf16']:.0f} tok/s: bf16/fp32 = "
+              f"{p['bf16_vs_fp32']:.2f}×; max |loss difference| {p['max_abs_loss_diff']:.4f}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        if args.plot:
+            plot_losses(p["losses"], args.plot)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from superfilter.artifacts import Artifact
 from superfilter.config import Config, as_dict
 from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
-from superfilter.runtime import RuntimeConfig, choose_dtype, resolve_device
+from superfilter.runtime import RuntimeConfig, choose_dtype, peak_rss_mb, reset_peak_rss, resolve_device
 from superfilter.selection import SelectConfig
 from superfilter.tracking import stage_run
 from train.config import resolve_mixed_precision
@@ -67,8 +68,14 @@ def train_params(cfg: Config) -> dict[str, Any]:
 
 def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifact], build) -> Artifact:
     def tracked_build(out_dir: Path) -> dict[str, Any]:
+        measured = reset_peak_rss()
+        started = time.perf_counter()
         with stage_run(cfg.tracking, name, params, group=cfg.name, root=Path(cfg.artifact_root)) as run:
             metrics = build(out_dir, run)
+            # This process only: torchrun workers (num_processes > 1) are not counted.
+            metrics["stage_wall_s"] = round(time.perf_counter() - started, 1)
+            metrics["stage_peak_rss_mb"] = round(peak_rss_mb(), 1) if measured else None
+            log.info("%s: %.0f s, peak RSS %s MB", name, metrics["stage_wall_s"], metrics["stage_peak_rss_mb"])
             run.summary(metrics)
         return metrics
 

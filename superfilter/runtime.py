@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# CPU flags that make dtype=auto pick bf16. AVX512-BF16 alone is not enough: on a CPU with it but without AMX
-# bf16 scoring measured slower than fp32 (experiments/scoring/README.md), so only the AMX tile unit counts.
-CPU_BF16_FLAGS = ("amx_bf16",)
+# CPU flags that make dtype=auto pick bf16: bf16 matrix units (AMX) or bf16 dot-product instructions (AVX512-BF16).
+# Both measured faster than fp32 for scoring (experiments/scoring/README.md); without them bf16 is emulated, slower.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_ENV = "SUPERFILTER_CPU_BF16"  # "0": dtype=auto stays fp32 on every CPU (the test suite sets it)
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -70,8 +72,8 @@ def cpu_flags() -> frozenset[str]:
 
 
 def choose_dtype(name: str, device: torch.device, flags: frozenset[str] | None = None) -> DtypeChoice:
-    """auto = bf16 where the hardware computes in bf16 natively (CUDA with bf16, CPUs with AMX-BF16), fp16 on
-    older GPUs, fp32 elsewhere; any other name is taken as asked."""
+    """auto = bf16 where the hardware computes in bf16 natively (CUDA with bf16, CPUs with AMX-BF16 or
+    AVX512-BF16), fp16 on older GPUs, fp32 elsewhere; any other name is taken as asked."""
     if name != "auto":
         if name not in DTYPES:
             raise ConfigError(f"dtype must be auto|{'|'.join(DTYPES)}, got {name!r}")
@@ -82,13 +84,35 @@ def choose_dtype(name: str, device: torch.device, flags: frozenset[str] | None =
         return DtypeChoice(torch.float16, f"auto: {torch.cuda.get_device_name(device)} has no bf16, using fp16")
     if device.type != "cpu":
         return DtypeChoice(torch.float32, f"auto: fp32 on {device.type}")
+    if os.environ.get(CPU_BF16_ENV) == "0":
+        return DtypeChoice(torch.float32, f"auto: fp32 on CPU because {CPU_BF16_ENV}=0")
     flags = cpu_flags() if flags is None else flags
     units = [f for f in CPU_BF16_FLAGS if f in flags]
     if units:
-        return DtypeChoice(torch.bfloat16, f"auto: the CPU has bf16 matrix units ({', '.join(units)})")
-    extra = " (avx512_bf16 without AMX measured slower than fp32)" if "avx512_bf16" in flags else ""
-    return DtypeChoice(torch.float32, f"auto: the CPU has no AMX-BF16 unit, fp32{extra}")
+        return DtypeChoice(torch.bfloat16, f"auto: the CPU computes in bf16 natively ({', '.join(units)})")
+    return DtypeChoice(torch.float32, "auto: the CPU has no bf16 instructions (amx_bf16, avx512_bf16), fp32")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return choose_dtype(name, device).dtype
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS counter (Linux: /proc/self/clear_refs); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory since the last reset (VmHWM), in MB; None where /proc is absent."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None

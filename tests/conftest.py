@@ -7,6 +7,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# dtype=auto in fp32 whatever the CPU: the tests compare against fp32 references; test_dtype covers the bf16 rule.
+os.environ.setdefault("SUPERFILTER_CPU_BF16", "0")
 
 from pathlib import Path  # noqa: E402
 

@@ -6,7 +6,7 @@ import torch
 from superfilter import pipeline, runtime
 from superfilter.config import Config
 from superfilter.errors import ConfigError
-from superfilter.runtime import CPU_BF16_FLAGS, choose_dtype, cpu_flags
+from superfilter.runtime import CPU_BF16_ENV, choose_dtype, cpu_flags
 from train.config import resolve_mixed_precision
 
 CPU = torch.device("cpu")
@@ -15,12 +15,22 @@ AVX512_BF16_ONLY = frozenset({"avx512f", "avx512_bf16"})
 NO_BF16 = frozenset({"avx2", "fma"})
 
 
+@pytest.fixture(autouse=True)
+def hardware_decides(monkeypatch):
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)  # conftest pins fp32 for the other tests
+
+
 def test_cpu_auto_follows_the_bf16_units() -> None:
     assert choose_dtype("auto", CPU, AMX).dtype == torch.bfloat16
     assert "amx_bf16" in choose_dtype("auto", CPU, AMX).reason
     assert choose_dtype("auto", CPU, NO_BF16).dtype == torch.float32
-    expected = torch.bfloat16 if "avx512_bf16" in CPU_BF16_FLAGS else torch.float32
-    assert choose_dtype("auto", CPU, AVX512_BF16_ONLY).dtype == expected
+    assert choose_dtype("auto", CPU, AVX512_BF16_ONLY).dtype == torch.bfloat16
+
+
+def test_the_environment_can_keep_cpus_in_fp32(monkeypatch) -> None:
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert choose_dtype("auto", CPU, AMX).dtype == torch.float32
+    assert choose_dtype("bfloat16", CPU, AMX).dtype == torch.bfloat16
 
 
 def test_explicit_names_win_and_bad_names_fail() -> None:

@@ -259,14 +259,65 @@ def train_step(accelerator, model, optimizer, scheduler, step: Step, encoded: li
     return row, [[encoded[i].id for i in chunk] for chunk in chunks if chunk]
 
 
+HEAD_CHUNK = 256  # response positions per LM-head matmul in the frozen-head loss: bounds its buffers at 256 × vocab
+
+
 def token_loss_sum(model, batch: MicroBatch) -> torch.Tensor:
-    """Summed cross-entropy over the response tokens of the micro-batch (logits only where a target exists)."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=batch.keep, use_cache=False)
-    logits = out.logits.float()
-    targets = batch.targets[:, batch.keep]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+    """Summed cross-entropy over the response tokens of the micro-batch (logits only where a target exists).
+
+    With a frozen LM head (LoRA) the model returns hidden states and FrozenHeadLoss computes loss and gradient
+    chunk by chunk, so the positions × vocabulary logits (1,700 × 262k floats = 1.8 GB for a packed Gemma
+    micro-batch, held three times over for the backward pass) never exist at once.
+    """
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "position_ids": batch.position_ids, "logits_to_keep": batch.keep, "use_cache": False}
+    targets = batch.targets[:, batch.keep].reshape(-1)
+    inner = causal_lm(model)
+    head = inner.get_output_embeddings()
+    frozen = (type(head) is torch.nn.Linear and not any(p.requires_grad for p in head.parameters())
+              and getattr(inner.config, "final_logit_softcapping", None) is None)
+    if not frozen:
+        logits = model(**kwargs).logits.float()
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets, ignore_index=IGNORE, reduction="sum")
+    inner.set_output_embeddings(torch.nn.Identity())  # the forward then returns the head's input
+    try:
+        hidden = model(**kwargs).logits
+    finally:
+        inner.set_output_embeddings(head)
+    return FrozenHeadLoss.apply(hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, targets)
+
+
+def causal_lm(model):
+    """The transformers model inside DDP and PEFT wrappers (the one whose lm_head the forward calls)."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+class FrozenHeadLoss(torch.autograd.Function):
+    """sum CE(hidden @ W.T + b, targets) with W frozen: the gradient w.r.t. hidden, (softmax − onehot) @ W, is
+    computed in the forward pass chunk by chunk and kept (positions × width), instead of the logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        for s in range(0, hidden.size(0), HEAD_CHUNK):
+            logits = F.linear(hidden[s:s + HEAD_CHUNK], weight, bias).float()
+            chunk = targets[s:s + HEAD_CHUNK]
+            loss += F.cross_entropy(logits, chunk, ignore_index=IGNORE, reduction="sum")
+            probs = torch.softmax(logits, dim=-1)
+            rows = torch.nonzero(chunk != IGNORE).squeeze(1)
+            probs[rows, chunk[rows]] -= 1.0
+            probs[chunk == IGNORE] = 0.0
+            grad[s:s + HEAD_CHUNK] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        ctx.hidden_dtype = hidden.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(ctx.hidden_dtype), None, None, None
 
 
 def clip_gradients(accelerator, model, max_norm: float) -> float:

@@ -1,0 +1,64 @@
+"""The frozen-head loss (LoRA) gives the plain full-logits loss and the same LoRA gradients, chunk size aside."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train.sft as sft
+from superfilter.data import Example
+from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model
+from train.collate import IGNORE, encode_all, pack_batch, pad_batch
+from train.config import TrainConfig
+from train.sft import make_trainable, token_loss_sum
+
+RECORDS = [Example.create(f"Give {i} tips for staying healthy.", "" if i % 2 else "at home",
+                          "Eat a balanced diet, exercise regularly and sleep well. " * (1 + i % 3)) for i in range(6)]
+
+
+def plain_loss(model, batch) -> torch.Tensor:
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=batch.keep, use_cache=False)
+    logits = out.logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets[:, batch.keep].reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("packing", [True, False])
+def test_frozen_head_loss_equals_full_logits(monkeypatch, arch: str, packing: bool) -> None:
+    monkeypatch.setattr(sft, "HEAD_CHUNK", 7)  # several chunks, the last one partial
+    tokenizer = build_tiny_tokenizer(adds_bos=arch == "llama")
+    base, _ = load_model(ModelConfig(source="tiny", path=arch), "cpu", for_training=True)
+    encoded, _ = encode_all(RECORDS, "alpaca", tokenizer, 512, "truncate")
+    batch = pack_batch(encoded) if packing else pad_batch(encoded, tokenizer.pad_token_id)
+    results = []
+    for loss_fn in (token_loss_sum, plain_loss):
+        torch.manual_seed(0)
+        model = make_trainable(copy.deepcopy(base), TrainConfig(method="lora"))
+        model.train()
+        loss = loss_fn(model, batch)
+        loss.backward()
+        results.append((loss.detach(), lora_grads(model), model))
+    (chunked, chunked_grads, model), (plain, plain_grads, _) = results
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-4)
+    assert chunked_grads.keys() == plain_grads.keys() and chunked_grads
+    for name in plain_grads:
+        torch.testing.assert_close(chunked_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(g.abs().sum() > 0 for g in chunked_grads.values())
+    assert isinstance(sft.causal_lm(model).get_output_embeddings(), torch.nn.Linear)  # the head is put back
+
+
+def test_trainable_head_takes_the_plain_path() -> None:
+    model, _ = load_model(ModelConfig(source="tiny", path="llama"), "cpu", for_training=True)
+    tokenizer = build_tiny_tokenizer(adds_bos=True)
+    batch = pack_batch(encode_all(RECORDS[:2], "alpaca", tokenizer, 512, "truncate")[0])
+    loss = token_loss_sum(model, batch)  # full finetuning: the head has a gradient of its own
+    loss.backward()
+    assert model.get_output_embeddings().weight.grad is not None
+    torch.testing.assert_close(loss.detach(), plain_loss(model, batch).detach())
