@@ -133,8 +133,9 @@ def bench_dtypes(examples: list[Example], model, tokenizer, chunks: int, batch_t
             started = time.perf_counter()
             ifd[name][lo:hi] = score_examples(examples[lo:hi], models[name], tokenizer, cfg)["ifd"].to_numpy()
             rates[name].append((hi - lo) / (time.perf_counter() - started))
+        so_far = agreement(ifd["fp32"][:hi], ifd["bf16"][:hi])
         print(f"chunk {c + 1}/{chunks}: " + ", ".join(f"{n} {v[-1]:.2f} rec/s" for n, v in rates.items())
-              + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+              + f" (load {os.getloadavg()[0]:.1f}); first {hi} records: {json.dumps(so_far)}", flush=True)
     medians = {name: statistics.median(v) for name, v in rates.items()}
     return {"records": len(examples), "rec_s": medians, "bf16_vs_fp32": medians["bf16"] / medians["fp32"],
             "rates": rates, **agreement(ifd["fp32"], ifd["bf16"])}

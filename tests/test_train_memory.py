@@ -62,3 +62,23 @@ def test_trainable_head_takes_the_plain_path() -> None:
     loss.backward()
     assert model.get_output_embeddings().weight.grad is not None
     torch.testing.assert_close(loss.detach(), plain_loss(model, batch).detach())
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
+def test_frozen_head_loss_matches_autograd_and_mixes_dtypes(monkeypatch, weight_dtype: torch.dtype) -> None:
+    monkeypatch.setattr(sft, "HEAD_CHUNK", 5)
+    torch.manual_seed(0)
+    hidden = torch.randn(13, 8, requires_grad=True)  # fp32, as a LoRA output beside a bf16 base
+    weight, bias = torch.randn(50, 8).to(weight_dtype), torch.randn(50).to(weight_dtype)
+    targets = torch.randint(0, 50, (13,))
+    targets[[2, 9]] = IGNORE
+    loss = sft.FrozenHeadLoss.apply(hidden, weight, bias, targets)
+    (grad,) = torch.autograd.grad(loss * 2.0, hidden)
+    reference_hidden = hidden.detach().clone().requires_grad_(True)
+    logits = F.linear(reference_hidden.to(weight_dtype), weight, bias).float()
+    expected = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+    (expected_grad,) = torch.autograd.grad(expected * 2.0, reference_hidden)
+    tolerance = 1e-5 if weight_dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(loss, expected, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
+    assert grad.dtype == hidden.dtype and grad[[2, 9]].abs().sum() == 0

@@ -45,7 +45,7 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0  # >0: exactly this many optimizer steps (epochs ignored), for smoke runs and benchmarks
     batch_size: int = 8  # global batch: examples per optimizer step, over all processes
-    micro_batch_size: int = 4  # examples per forward pass on one process; the rest is gradient accumulation
+    micro_batch_size: int = 1  # examples per forward pass on one process; the rest is gradient accumulation
     max_length: int = 512  # tokens per example, prompt included
     truncation: str = "truncate"  # truncate (cut the tail, keep if a response token survives) | drop (skip it)
     packing: bool = True  # concatenate a micro-batch into one row (no padding), attention kept per example

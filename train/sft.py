@@ -302,7 +302,9 @@ class FrozenHeadLoss(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
         for s in range(0, hidden.size(0), HEAD_CHUNK):
-            logits = F.linear(hidden[s:s + HEAD_CHUNK], weight, bias).float()
+            # In the head's dtype: the LoRA output can be fp32 beside a bf16 base, and autocast (entered by the
+            # model's forward under accelerate) is not active here.
+            logits = F.linear(hidden[s:s + HEAD_CHUNK].to(weight.dtype), weight, bias).float()
             chunk = targets[s:s + HEAD_CHUNK]
             loss += F.cross_entropy(logits, chunk, ignore_index=IGNORE, reduction="sum")
             probs = torch.softmax(logits, dim=-1)
