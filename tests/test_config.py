@@ -118,6 +118,7 @@ def test_labels_and_runtime_fields_leave_keys_at_every_level():
     eval_key = pipeline.key_params(make().eval)
     assert pipeline.key_params(make("eval.judge.model.name=renamed").eval) == eval_key
     assert pipeline.key_params(make("eval.judge.model.attn_implementation=eager").eval) == eval_key
+    assert pipeline.key_params(make("eval.judge.concurrency=2", "eval.judge.backoff_s=3").eval) == eval_key
     assert pipeline.key_params(make("eval.judge.model.path=other").eval) != eval_key
     assert "name" not in pipeline.key_params(make().model.weak)
 
