@@ -29,7 +29,7 @@ class GenerationConfig:
 class JudgeConfig:
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("concurrency", "backoff_s")
 
-    backend: str = "hf"  # a registered judge (eval/judge/): openai (any OpenAI-compatible endpoint) | hf (local
+    backend: str = "openai"  # a registered judge (eval/judge/): openai (any OpenAI-compatible endpoint) | hf (local
     # model) | replay (pairwise review logs, Arena-Hard judgment files) | fake
     # openai: model name, endpoint and the NAME of the environment variable holding the key (never the key).
     api_model: str = "gpt-4-0613"
@@ -55,13 +55,15 @@ class JudgeConfig:
 
 @dataclass
 class EvalSettings:
-    """The settings every suite shares; EvalConfig adds one section per registered suite (eval/suites/)."""
+    """The settings every suite shares; EvalConfig adds one section per registered suite (eval/suites/).
+
+    EvalConfig() is the paper's evaluation, conf/eval/paper.yaml (a test compares); eval=default cuts it to a CPU."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
         "batch_size", "lm_eval_batch_size", "cache_dir",
     )
 
-    name: str = "default"
+    name: str = "paper"
     suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))  # run in this order
     limit: int = 0  # default cap per test set / benchmark task for every suite; 0 = everything
     # The pairwise partner: the same strong model trained on full (100%, the paper) | random (same budget) | none.
