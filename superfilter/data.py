@@ -164,8 +164,8 @@ def decode_text(path: Path, data: bytes) -> str:
     head = data[:4096]
     if data.startswith(UTF32_BOMS):
         raise DataError(f"{path}: encoded as UTF-32; re-save it as UTF-8 (e.g. iconv -f UTF-32 -t UTF-8)")
-    if data.startswith(UTF16_BOMS) or (b"\x00" in head and max(head[0::2].count(0), head[1::2].count(0))
-                                       > len(head) // 4):
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    if data.startswith(UTF16_BOMS) or max(even, odd) > len(head) // 4 > min(even, odd) * 4:  # ASCII as UTF-16
         raise DataError(f"{path}: encoded as UTF-16; re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
     if b"\x00" in head:
         raise DataError(f"{path}: holds NUL bytes: binary data, not JSON or JSONL text")

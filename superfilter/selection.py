@@ -34,7 +34,8 @@ BUDGET_EPSILON = 1e-9
 
 @dataclass
 class SelectConfig:
-    # allow_empty decides only whether an empty result is an error, never which records are chosen.
+    # allow_empty never changes which records are chosen, only whether none is an error (pipeline.select_params
+    # still keys an allowed-empty run apart, so a run that forbids it never reuses an empty subset).
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size", "allow_empty")
 
     name: str = "superfilter"
@@ -55,6 +56,11 @@ class SelectConfig:
     n_clusters: int = 100  # kmeans: clusters the budget is spread over
     embed_batch_size: int = 64
     allow_empty: bool = False  # an empty selection (budget rounds to 0, nothing qualifies) warns instead of failing
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields this selector ignores here, left out of the select key: embed_model unless the weak model embeds."""
+        embeds_with_model = self.embedder == "weak" and self.name in SELECTORS and SELECTORS[self.name].needs_embeddings
+        return () if embeds_with_model else ("embed_model",)
 
     def validate(self) -> None:
         if self.name not in SELECTORS:

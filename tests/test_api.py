@@ -147,6 +147,7 @@ def test_errors_name_the_problem_before_any_model_loads(work):
         superfilter.score(work["root"] / "missing.jsonl", model="tiny")
 
 
+@pytest.mark.slow
 def test_import_stays_light():
     code = "import sys, superfilter; assert 'torch' not in sys.modules; assert 'score' in dir(superfilter)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

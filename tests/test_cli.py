@@ -42,6 +42,7 @@ def common(work: dict) -> list[str]:
     return ["--model", "tiny", "--max-length", MAX_LENGTH, "--artifacts", str(work["artifacts"])]
 
 
+@pytest.mark.slow
 def test_filter_end_to_end_in_process_then_as_a_process(work):
     out = work["root"] / "best.jsonl"
     assert main(["filter", str(work["path"]), "--out", str(out), "--ratio", "0.5", *common(work)]) == 0

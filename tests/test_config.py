@@ -1,30 +1,33 @@
 """Every config composes into the typed schema; bad keys and values fail; stage keys track semantics only."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from superfilter import pipeline
-from superfilter.config import Config, register_configs, to_config
+from superfilter.config import Config, as_dict, register_configs, to_config
 from superfilter.errors import ConfigError
+from superfilter.models import ModelConfig
+from superfilter.presets import compose_config, conf_dir, model_preset, options
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
 
 
 def make(*overrides: str) -> Config:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return to_config(compose(config_name="config", overrides=list(overrides)))
+    return to_config(compose_config(overrides))
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+def test_the_checkout_composes_its_own_conf():
+    assert conf_dir() == CONF
 
 
-@pytest.mark.parametrize("experiment", options("experiment") + [
-    f"{p.parent.name}/{p.stem}" for p in (CONF / "experiment").glob("*/*.yaml")])
+@pytest.mark.parametrize("experiment", [*options("experiment"), *(
+    f"{p.parent.name}/{p.stem}" for p in (CONF / "experiment").glob("*/*.yaml"))])
 def test_every_experiment_composes(experiment):
     cfg = make(f"experiment={experiment}")
     assert cfg.stages
@@ -37,6 +40,38 @@ def test_every_group_option_composes(group, option):
     if group == "data" and option == "custom":
         overrides.append("data.path=data/tiny.jsonl")
     make(*overrides)
+
+
+def test_one_file_per_model_serves_both_roles():
+    names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    assert names and not (CONF / "model" / "weak").exists() and not (CONF / "model" / "strong").exists()
+    assert list(options("model/weak")) == list(options("model/strong")) == names
+    both = make("model/weak=llama2_7b", "model/strong=llama2_7b").model
+    assert both.weak == both.strong == model_preset("llama2_7b")
+    assert both.weak.path == "meta-llama/Llama-2-7b-hf"
+    assert model_preset("no_such_model") is None
+
+
+# data and model: catalogues of sources, whose dataclass defaults are the test fixtures (data=tiny, model/*=tiny).
+DEFAULTED = [f.name for f in fields(Config) if f.name not in ("data", "model", "eval")]
+
+
+@pytest.mark.parametrize("group", DEFAULTED)
+def test_dataclass_defaults_are_what_run_py_composes(group):
+    composed = OmegaConf.to_container(compose_config(), resolve=False)[group]
+    assert composed == as_dict(Config())[group]
+
+
+def test_model_dataclass_default_is_the_tiny_preset():
+    assert model_preset("tiny") == ModelConfig()
+
+
+def test_presets_compose_inside_a_running_hydra_app():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        outer = compose(config_name="config", overrides=["ratio=0.2"])
+        assert model_preset("gpt2").path == "gpt2"
+        assert compose(config_name="config", overrides=["ratio=0.3"]).ratio == 0.3  # the outer app still works
+    assert outer.ratio == 0.2
 
 
 def test_default_is_the_embedded_cpu_run():
@@ -77,3 +112,20 @@ def test_stage_keys_ignore_runtime_settings_and_track_semantic_ones():
     assert key_of(make("seed=1"), "select") != key_of(base, "select")
     assert key_of(make("model/strong=tiny"), "train") != key_of(base, "train")
     assert key_of(make("filter=full", "ratio=0.05"), "select") == key_of(make("filter=full"), "select")
+
+
+def test_labels_and_runtime_fields_leave_keys_at_every_level():
+    eval_key = pipeline.key_params(make().eval)
+    assert pipeline.key_params(make("eval.judge.model.name=renamed").eval) == eval_key
+    assert pipeline.key_params(make("eval.judge.model.attn_implementation=eager").eval) == eval_key
+    assert pipeline.key_params(make("eval.judge.model.path=other").eval) != eval_key
+    assert "name" not in pipeline.key_params(make().model.weak)
+
+
+def test_embed_model_enters_the_select_key_only_when_the_weak_model_embeds():
+    minilm = ("filter=superfilter_d", "filter.embedder=minilm")
+    assert key_of(make(*minilm), "select") == key_of(make(*minilm, "model/weak=tiny"), "select")
+    assert "embed_model" not in key_of(make(*minilm), "select")["filter"]
+    weak = ("filter=superfilter_d", "filter.embedder=weak")
+    assert key_of(make(*weak), "select") != key_of(make(*weak, "model/weak=tiny"), "select")
+    assert key_of(make(*weak), "select") == key_of(make(*weak, "model.weak.name=renamed"), "select")

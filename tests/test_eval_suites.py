@@ -116,3 +116,16 @@ def test_an_unknown_suite_fails_in_one_line_before_any_model_loads(tmp_path):
 def test_registering_another_suite_under_a_taken_name_fails(echo_suite):
     with pytest.raises(ValueError, match="registered twice"):
         suites.register(Suite("echo", EchoConfig, lambda ctx, cfg: None))
+
+
+def test_the_pipeline_checks_evaluation_requests_before_any_stage_runs(tmp_path):
+    from superfilter import pipeline
+    from superfilter.config import Config
+    from superfilter.errors import DataError
+
+    cfg = Config(artifact_root=str(tmp_path / "artifacts"))
+    cfg.eval.suites = ["reference_nll"]
+    cfg.eval.reference_nll.paths = [str(tmp_path / "missing.json")]
+    with pytest.raises(DataError, match="missing.json does not exist"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "artifacts").exists()

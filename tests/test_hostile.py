@@ -198,9 +198,10 @@ def good(tmp_path: Path) -> Path:
     (["runtime.num_threads=-1"], ["--set", "num_threads=-1"], {"num_threads": -1}, ["runtime.num_threads", ">= 0"]),
     (["runtime.device=tpu"], ["--device", "tpu"], {"device": "tpu"}, ["runtime.device", "'tpu'"]),
     (["runtime.num_processes=0"], ["--set", "num_processes=0"], {"num_processes": 0}, ["runtime.num_processes"]),
+    (["seed=-5"], ["--seed", "-5"], {"seed": -5}, ["seed must be >= 0"]),
     (["score.max_length=abc"], ["--set", "max_length=abc"], {"max_length": "abc"}, ["max_length"]),
     (["score.max_length=10.5"], ["--set", "max_length=10.5"], {"max_length": 10.5}, ["max_length"]),
-], ids=["9-threads", "10-device", "9-processes", "12-int-text", "12-int-float"])
+], ids=["9-threads", "10-device", "9-processes", "seed", "12-int-text", "12-int-float"])
 def test_bad_options_fail_alike_everywhere(tmp_path, capsys, good, overrides, cli, api_options, fragments):
     root = tmp_path / "artifacts"
     code, message = run_pipeline(pipeline_overrides(good, root, *overrides), capsys)
@@ -209,11 +210,11 @@ def test_bad_options_fail_alike_everywhere(tmp_path, capsys, good, overrides, cl
     else:
         assert_one_line(code, message, fragments)
     capsys.readouterr()
-    code = main(["score", str(good), "--out", str(tmp_path / "out.jsonl"), "--model", "tiny", "--artifacts",
+    code = main(["filter", str(good), "--out", str(tmp_path / "out.jsonl"), "--model", "tiny", "--artifacts",
                  str(root), *cli])
     assert_one_line(code, capsys.readouterr().err, fragments)
     with pytest.raises(UserError) as e:
-        superfilter.score(good, model="tiny", artifact_root=root, **api_options)
+        superfilter.filter(good, model="tiny", artifact_root=root, **api_options)
     assert_one_line(2, str(e.value), fragments)
     assert not (tmp_path / "out.jsonl").exists() and not list(root.glob("score/*"))
 

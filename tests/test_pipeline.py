@@ -38,6 +38,7 @@ def test_smoke_runs_every_stage_then_reruns_from_cache(tmp_path):
     assert {k: v["path"] for k, v in again["stages"].items()} == {k: v["path"] for k, v in stages.items()}
 
 
+@pytest.mark.slow
 def test_ratio_sweep_scores_once(tmp_path):
     result = run_py("-m", "ratio=0.05,0.1", "experiment=smoke", "stages=[score,select]",
                     f"artifact_root={tmp_path / 'artifacts'}", "tracking.mode=disabled",
@@ -51,6 +52,7 @@ def test_ratio_sweep_scores_once(tmp_path):
     assert sizes[0] < sizes[1]
 
 
+@pytest.mark.slow
 def test_config_errors_are_one_line(tmp_path):
     result = run_py("ratio=2", f"artifact_root={tmp_path}", "tracking.mode=disabled",
                     f"hydra.run.dir={tmp_path / 'run'}")

@@ -318,6 +318,7 @@ scoring.score_stage(Path(sys.argv[1]), ModelConfig(source="local", path=sys.argv
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_identical_scores(model_dirs, tmp_path: Path) -> None:
     write_examples(fixture_examples(), tmp_path / "examples.jsonl")
     cfg = ScoreConfig(max_length=64, shard_size=4, batch_tokens=128)

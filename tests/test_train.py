@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from superfilter.data import Example, write_examples
 from superfilter.errors import ConfigError, DataError
-from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model
+from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model, resolve_model_dir
 from superfilter.prompts import generation_prompt, render
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
@@ -201,6 +201,25 @@ def test_lora_changes_adapters_only(tmp_path, tiny_model):
     assert all(torch.equal(v, base[k]) for k, v in reloaded.state_dict().items())
 
 
+def test_lora_adapter_loads_elsewhere_with_plain_peft(tmp_path, monkeypatch):
+    import shutil
+
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = TrainConfig(method="lora", lr=1e-2, max_steps=2, batch_size=4, micro_batch_size=4, save_steps=0)
+    _, out = stage(tmp_path, records(4), cfg)
+    moved = shutil.copytree(out / "adapter", tmp_path / "elsewhere" / "adapter")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert PeftConfig.from_pretrained("adapter").base_model_name_or_path == TINY.path  # the spec, not a cache folder
+    spec = ModelConfig(**json.loads((moved / MODEL_INFO_FILE).read_text())["base_model_spec"])
+    assert spec == TINY
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(spec))
+    merged = PeftModel.from_pretrained(base, "adapter").merge_and_unload().state_dict()
+    ours = load_file(out / "model" / "model.safetensors")
+    assert set(ours) <= set(merged) and all(torch.allclose(merged[k], v) for k, v in ours.items())
+
+
 KILLABLE = """
 import sys, time
 from pathlib import Path
@@ -221,6 +240,7 @@ sft.train_stage(Path(sys.argv[1]), ModelConfig(), cfg, 0, RuntimeConfig(device="
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     from dataclasses import asdict
 
@@ -258,6 +278,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
         torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_see_each_record_once_per_epoch(tmp_path):
     # 9 records, batch 4: the last step of each epoch has one record, so one rank trains on none (weight 0).
     cfg = TrainConfig(method="full", lr=1e-3, epochs=2, batch_size=4, micro_batch_size=1, save_steps=0)

@@ -39,17 +39,17 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
-    epochs: float = 3.0
+    epochs: float = 1.0
     max_steps: int = 0  # >0: exactly this many optimizer steps (epochs ignored), for smoke runs and benchmarks
     batch_size: int = 8  # global batch: examples per optimizer step, over all processes
     micro_batch_size: int = 4  # examples per forward pass on one process; the rest is gradient accumulation
     max_length: int = 512  # tokens per example, prompt included
     truncation: str = "truncate"  # truncate (cut the tail, keep if a response token survives) | drop (skip it)
-    packing: bool = False  # concatenate a micro-batch into one row (no padding), attention kept per example
+    packing: bool = True  # concatenate a micro-batch into one row (no padding), attention kept per example
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto (bf16 on GPUs that have it, none on CPU) | no | bf16 | fp16
     lora: LoraSettings = field(default_factory=LoraSettings)
-    save_steps: int = 10  # checkpoint every N optimizer steps (resume point after a crash); 0 = never
+    save_steps: int = 5  # checkpoint every N optimizer steps (resume point after a crash); 0 = never
     keep_checkpoints: int = 1
     accelerate_config: str = "ddp"  # conf/accelerate/<name>.yaml (or a path) for multi-GPU launches
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from superfilter.errors import ConfigError
+from superfilter.presets import conf_dir
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE_CONF_DIR = PROJECT_ROOT / "conf" / "accelerate"
 
 
 class LaunchError(RuntimeError):
@@ -27,9 +27,10 @@ def accelerate_config_file(name: str) -> Path:
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    path = ACCELERATE_CONF_DIR / f"{name}.yaml"
+    presets = conf_dir() / "accelerate"
+    path = presets / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in ACCELERATE_CONF_DIR.glob("*.yaml"))
+        known = sorted(p.stem for p in presets.glob("*.yaml"))
         raise ConfigError(f"train.accelerate_config={name!r}: no such file; use one of {known} or a .yaml path")
     return path
 

@@ -36,7 +36,7 @@ RESULT_FILE = "train_result.json"  # written last, after model/: its presence me
 SKIPPED_FILE = "skipped.jsonl"  # records the length/template policy left out, with the reason
 MODEL_DIR = "model"  # loadable with AutoModelForCausalLM: full or LoRA-merged weights + tokenizer
 ADAPTER_DIR = "adapter"  # LoRA only: the peft adapter on its own
-MODEL_INFO_FILE = "superfilter_train.json"  # inside model/: what evaluation needs (template, base model)
+MODEL_INFO_FILE = "superfilter_train.json"  # in model/ and adapter/: what evaluation needs, how to rebuild the base
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"  # per rank: which records each step trained on
 CHECKPOINT_DONE = "_COMPLETE"
@@ -477,17 +477,21 @@ def save_outputs(accelerator, model, tokenizer, job: TrainJob, out_dir: Path) ->
     unwrapped = accelerator.unwrap_model(model)
     serving = resolve_dtype(job.model.dtype, accelerator.device)
     model_dir, adapter_dir = out_dir / MODEL_DIR, out_dir / ADAPTER_DIR
+    # base_model_spec rebuilds the base anywhere: superfilter.models.load_model(ModelConfig(**base_model_spec)).
+    info = {"template": cfg.template, "base_model": job.model.name, "base_model_spec": asdict(job.model),
+            "method": cfg.method, "train_preset": cfg.name, "max_length": cfg.max_length}
     if cfg.method == "lora":
-        unwrapped.save_pretrained(adapter_dir, state_dict=state)
+        for adapter in unwrapped.peft_config.values():  # not the machine-local folder the base was loaded from
+            adapter.base_model_name_or_path = job.model.path
+        # LoRA never trains the embeddings; "auto" would look the base up by that name (the Hub) to check.
+        unwrapped.save_pretrained(adapter_dir, state_dict=state, save_embedding_layers=False)
+        write_json_atomic(adapter_dir / MODEL_INFO_FILE, info)
         merged = merge_from_disk(job.model, adapter_dir) if sharded else unwrapped.merge_and_unload()
         merged.to(serving).save_pretrained(model_dir)
     else:
         unwrapped.to(serving).save_pretrained(model_dir, state_dict=state)
     tokenizer.save_pretrained(model_dir)
-    write_json_atomic(model_dir / MODEL_INFO_FILE, {
-        "template": cfg.template, "base_model": job.model.name, "base_model_spec": asdict(job.model),
-        "method": cfg.method, "train_preset": cfg.name, "max_length": cfg.max_length,
-    })
+    write_json_atomic(model_dir / MODEL_INFO_FILE, info)
     accelerator.wait_for_everyone()
 
 

@@ -59,3 +59,9 @@ def humaneval_results(doc, results):
         except subprocess.TimeoutExpired:
             passed = False
     return {"pass@1": float(passed)}
+
+
+def fiqa_label(doc):
+    """FinGPT's FiQA-SA labels from the sentiment score: negative (< -0.1), neutral (< 0.1), positive."""
+    score = float(doc["score"])
+    return 0 if score < -0.1 else 1 if score < 0.1 else 2

@@ -113,10 +113,10 @@ def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, s
 
 def preflight(cfg: LmEvalConfig, eval_cfg: Any) -> None:
     """Task names lm-eval does not know (with the closest it does), Hub-only tasks offline, missing local files."""
-    from eval.harness import LOCAL_TASKS, known_tasks
+    from eval.harness import HUB_TASKS, LOCAL_TASKS, known_tasks
     from superfilter.data import resolve_path
 
-    unknown_ok = {e.task for e in cfg.tasks if is_local(e.task)}
+    unknown_ok = {e.task for e in cfg.tasks if is_local(e.task) or e.task in HUB_TASKS}
     others = [e.task for e in cfg.tasks if e.task not in unknown_ok]
     if others:
         known = known_tasks()
@@ -161,6 +161,9 @@ def render(planned: list[tuple[LmEvalTask, str, str]], cfg: LmEvalConfig, folder
     from eval.open_llm import BENCHMARKS, write_local_tasks
     from superfilter.data import resolve_path
 
+    ours = sorted({task for _, task, source in planned if source == "hub" and task in harness.HUB_TASKS})
+    if ours:
+        harness.render_hub_tasks(ours, folder)
     local = {task for _, task, source in planned if source == "local"}
     if not local:
         return
@@ -214,8 +217,9 @@ def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> 
     entries = []
     for entry, ran, source in planned:
         if source not in managers:
-            managers[source] = (TaskManager(include_path=str(folder), include_defaults=False) if source == "local"
-                                else TaskManager())
+            # Hub tasks: lm-eval's own, plus ours rendered into the folder (fiqa_sa).
+            managers[source] = TaskManager(include_path=str(folder) if folder.is_dir() else None,
+                                           include_defaults=source == "hub")
         batch_size = entry.batch_size or ctx.cfg.lm_eval_batch_size
         if batch_size not in lms:
             lms[batch_size] = harness.make_lm(model, tokenizer, ctx.device, batch_size, cfg.share_prefix)
@@ -244,7 +248,7 @@ def run(ctx: Context, cfg: LmEvalConfig) -> Result:
     finally:
         del model
         gc.collect()
-    local = any(e["source"] == "local" for e in entries)
+    local = (ctx.eval_dir / harness.TASKS_FOLDER).is_dir()
     result = {
         "lm_eval_version": harness.version(), "device": ctx.device, "weights": cfg.weights,
         "allow_code_execution": cfg.allow_code_execution, "tasks": entries,

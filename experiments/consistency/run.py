@@ -21,21 +21,16 @@ from typing import Any
 import pandas as pd
 
 from superfilter import pipeline
-from superfilter.config import Config, register_configs, to_config
+from superfilter.config import Config, to_config
 from superfilter.consistency import RATIOS, consistency, markdown_table, scatter_plot
+from superfilter.presets import compose_config
 
 HERE = Path(__file__).resolve().parent
-CONF_DIR = HERE.parents[1] / "conf"
 log = logging.getLogger("consistency")
 
 
 def compose(overrides: list[str]) -> Config:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_config(hydra_compose("config", overrides=overrides))
+    return to_config(compose_config(overrides))
 
 
 def timing(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="alpaca_5k", help="a conf/data option")
     parser.add_argument("--limit", type=int, default=1000, help="first N records (0 = all)")
-    parser.add_argument("--weak", default="smollm2_135m", help="a conf/model/weak option")
-    parser.add_argument("--strong", default="gemma3_270m", help="a conf/model/strong option")
+    parser.add_argument("--weak", default="smollm2_135m", help="a conf/model name")
+    parser.add_argument("--strong", default="gemma3_270m", help="a conf/model name")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. score.max_length=512")
