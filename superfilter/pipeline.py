@@ -119,7 +119,7 @@ def train(cfg: Config, subset: Artifact) -> Artifact:
 def evaluate(cfg: Config, trained: Artifact, reference: Artifact | None) -> Artifact:
     from eval.stage import eval_stage
 
-    params = {"eval": key_params(cfg.eval)}
+    params = {"eval": key_params(cfg.eval, drop=cfg.eval.unselected_sections())}
     upstream = [trained] + ([replace(reference, stage="reference")] if reference is not None else [])
 
     def build(out_dir: Path, run) -> dict[str, Any]:
