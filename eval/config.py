@@ -101,6 +101,13 @@ class EvalSettings:
     def suite_limit(self, own: int) -> int:
         return own or self.limit
 
+    def unselected_sections(self) -> tuple[str, ...]:
+        """Sections of registered suites that are not run: left out of the eval artifact's key, so registering
+        a suite or editing one that is not run keeps existing evaluations cached."""
+        from eval.suites import REGISTRY
+
+        return tuple(name for name in REGISTRY if name not in self.suites)
+
 
 def one_of(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
     unknown = [v for v in values if v not in allowed]

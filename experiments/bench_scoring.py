@@ -1,11 +1,12 @@
 """Benchmark the IFD engine against the authors' per-example loop; boundary-mode disagreement; memory vs data size.
 
-python experiments/bench_scoring.py --records 500 --repeats 3 --memory 5000 50000
+python experiments/bench_scoring.py --records 200 --repeats 3 --dtype-records 1000 --memory 5000 50000
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -27,10 +28,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import ModelConfig, load_model, model_from_name  # noqa: E402
-from superfilter.runtime import RuntimeConfig  # noqa: E402
+from superfilter.runtime import RuntimeConfig, choose_dtype, cpu_flags  # noqa: E402
 from superfilter.scoring import ScoreConfig, make_engine, plan_records, score_examples, score_stage  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
 
+BF16_FLAGS = {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"}
 NONE_WITH_INPUT = "{instruction}\n{input}\n"
 NONE_NO_INPUT = "{instruction}\n"
 
@@ -40,13 +42,13 @@ NONE_NO_INPUT = "{instruction}\n"
 
 
 def _whole_text_loss(model, tokenizer, text: str, max_length: int) -> float:
-    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
     with torch.no_grad():
         return model(input_ids, labels=input_ids.contiguous(), output_hidden_states=True).loss.item()
 
 
 def _part_text_loss(model, tokenizer, text: str, target_span: str, max_length: int) -> float:
-    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length).to(model.device)
     start_token = len(tokenizer.encode(text[:text.rfind(target_span)]))
     labels = input_ids.clone()
     labels[0, :start_token] = -100
@@ -68,33 +70,74 @@ def authors_loop(examples: list[Example], model, tokenizer, max_length: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Speed: alternating runs in one process, same model object, same threads.
+# Speed: the loop (fp32), the engine in fp32 and in bf16, alternating rounds in one process, same threads.
 
 
 def bench_speed(examples: list[Example], model, tokenizer, repeats: int, batch_tokens: int) -> dict:
     cfg = ScoreConfig(batch_tokens=batch_tokens)
-    score_examples(examples[:8], model, tokenizer, cfg)  # warm-up: first-call allocations, lazy imports
-    authors_loop(examples[:4], model, tokenizer, cfg.max_length)
-    loop_rates, engine_rates, diffs = [], [], []
-    for r in range(repeats):
-        started = time.perf_counter()
-        reference = authors_loop(examples, model, tokenizer, cfg.max_length)
-        loop_rates.append(len(examples) / (time.perf_counter() - started))
-        started = time.perf_counter()
-        engine = score_examples(examples, model, tokenizer, cfg)["ifd"].to_numpy()
-        engine_rates.append(len(examples) / (time.perf_counter() - started))
-        both = np.isfinite(reference) & np.isfinite(engine)
-        diffs.append(float(np.max(np.abs(engine[both] - reference[both]) / np.abs(reference[both]))))
-        nan_mismatch = int((np.isfinite(reference) != np.isfinite(engine)).sum())
-        print(f"round {r + 1}: loop {loop_rates[-1]:.2f} rec/s, engine {engine_rates[-1]:.2f} rec/s, "
-              f"ratio {engine_rates[-1] / loop_rates[-1]:.2f}, max rel IFD diff {diffs[-1]:.2e}, "
-              f"scored-vs-skipped mismatches {nan_mismatch}", flush=True)
-    return {
-        "loop_rec_s": statistics.median(loop_rates), "engine_rec_s": statistics.median(engine_rates),
-        "ratio_of_medians": statistics.median(engine_rates) / statistics.median(loop_rates),
-        "per_round_ratios": [e / lo for e, lo in zip(engine_rates, loop_rates, strict=True)],
-        "max_rel_ifd_diff": max(diffs), "loop_rates": loop_rates, "engine_rates": engine_rates,
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    runs = {
+        "loop_fp32": lambda: authors_loop(examples, model, tokenizer, cfg.max_length),
+        "engine_fp32": lambda: score_examples(examples, model, tokenizer, cfg)["ifd"].to_numpy(),
+        "engine_bf16": lambda: score_examples(examples, model_bf16, tokenizer, cfg)["ifd"].to_numpy(),
     }
+    for m in (model, model_bf16):  # warm-up: first-call allocations, lazy imports, oneDNN kernels
+        score_examples(examples[:8], m, tokenizer, cfg)
+    authors_loop(examples[:4], model, tokenizer, cfg.max_length)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    ifd: dict[str, np.ndarray] = {}
+    for r in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            ifd[name] = run()
+            rates[name].append(len(examples) / (time.perf_counter() - started))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f} rec/s" for n, v in rates.items())
+              + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+    medians = {name: statistics.median(v) for name, v in rates.items()}
+    return {
+        "rec_s": medians, "rates": rates,
+        "ratio_vs_loop": {name: medians[name] / medians["loop_fp32"] for name in runs},
+        "engine_fp32_vs_loop": agreement(ifd["loop_fp32"], ifd["engine_fp32"]),
+        "engine_bf16_vs_loop": agreement(ifd["loop_fp32"], ifd["engine_bf16"]),
+    }
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
+    """How far `other` IFDs are from `reference`: relative differences, rank correlation, selection overlaps."""
+    from scipy.stats import spearmanr
+
+    both = np.isfinite(reference) & np.isfinite(other)
+    rel = np.abs(other[both] - reference[both]) / np.abs(reference[both])
+    out = {"records": int(both.sum()), "scored_vs_skipped_mismatches": int((np.isfinite(reference)
+                                                                           != np.isfinite(other)).sum()),
+           "max_rel_ifd_diff": float(rel.max()), "median_rel_ifd_diff": float(np.median(rel)),
+           "spearman": float(spearmanr(reference[both], other[both]).statistic)}
+    ref_order, other_order = np.argsort(-reference[both], kind="stable"), np.argsort(-other[both], kind="stable")
+    for share in (0.05, 0.10, 0.15):
+        k = max(1, round(share * both.sum()))
+        out[f"top{round(share * 100)}_overlap"] = len(set(ref_order[:k]) & set(other_order[:k])) / k
+    return out
+
+
+def bench_dtypes(examples: list[Example], model, tokenizer, chunks: int, batch_tokens: int) -> dict:
+    """The engine in fp32 and in bf16 over the same records, chunk by chunk in alternating order."""
+    cfg = ScoreConfig(batch_tokens=batch_tokens)
+    models = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16)}
+    for m in models.values():
+        score_examples(examples[:8], m, tokenizer, cfg)
+    ifd = {name: np.full(len(examples), np.nan) for name in models}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    bounds = np.linspace(0, len(examples), chunks + 1).astype(int)
+    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        for name in (list(models) if c % 2 == 0 else list(models)[::-1]):
+            started = time.perf_counter()
+            ifd[name][lo:hi] = score_examples(examples[lo:hi], models[name], tokenizer, cfg)["ifd"].to_numpy()
+            rates[name].append((hi - lo) / (time.perf_counter() - started))
+        print(f"chunk {c + 1}/{chunks}: " + ", ".join(f"{n} {v[-1]:.2f} rec/s" for n, v in rates.items())
+              + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+    medians = {name: statistics.median(v) for name, v in rates.items()}
+    return {"records": len(examples), "rec_s": medians, "bf16_vs_fp32": medians["bf16"] / medians["fp32"],
+            "rates": rates, **agreement(ifd["fp32"], ifd["bf16"])}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -190,6 +233,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=500, help="records for the speed comparison (0 = skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-tokens", type=int, default=ScoreConfig.batch_tokens)
+    parser.add_argument("--dtype-records", type=int, default=0, help="records for engine fp32 vs bf16 (0 = skip)")
+    parser.add_argument("--dtype-chunks", type=int, default=6, help="alternating chunks of the fp32/bf16 run")
     parser.add_argument("--boundary-records", type=int, default=5000, help="records for the boundary count (0 = skip)")
     parser.add_argument("--boundary-score-limit", type=int, default=100, help="differing records to score both ways")
     parser.add_argument("--memory", type=int, nargs="*", default=[], help="synthetic dataset sizes for peak RSS")
@@ -202,14 +247,20 @@ def main() -> None:
 
     report: dict = {"date": datetime.date.today().isoformat(), "model": args.model, "data": args.data,
                     "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                    "load_average": os.getloadavg()}
+                    "load_average": os.getloadavg(), "cpu_flags": sorted(cpu_flags() & BF16_FLAGS),
+                    "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "dtype_auto": choose_dtype("auto", torch.device("cpu")).reason}
     print(f"{report}", flush=True)
-    if args.records or args.boundary_records:
+    if args.records or args.boundary_records or args.dtype_records:
         examples = load_examples(DataConfig(path=args.data))[0]
-        model, tokenizer = load_model(model_from_name(args.model), "cpu")
+        model, tokenizer = load_model(model_from_name(args.model), "cpu", dtype=torch.float32)
     if args.records:
         report["speed"] = bench_speed(examples[:args.records], model, tokenizer, args.repeats, args.batch_tokens)
         print(f"speed: {report['speed']}", flush=True)
+    if args.dtype_records:
+        report["dtypes"] = bench_dtypes(examples[:args.dtype_records], model, tokenizer, args.dtype_chunks,
+                                        args.batch_tokens)
+        print(f"dtypes: {report['dtypes']}", flush=True)
     if args.boundary_records:
         report["boundary"] = [bench_boundary(examples[:args.boundary_records], model, tokenizer, prompt,
                                              args.boundary_score_limit) for prompt in ("none", "alpaca")]

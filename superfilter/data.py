@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -421,6 +422,12 @@ def parse_record(record: Any, fmt: str, fields: Mapping[str, str], where: str,
     return parse_flat(record, {**FIELD_PRESETS[kind], **fields}, where)
 
 
+def is_blank(text: str) -> bool:
+    """Nothing visible: empty, or only whitespace and invisible format characters (zero-width space, joiners,
+    BOM). The one rule for an empty response: prepare counts these and scoring skips them as empty_response."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
 # ---------------------------------------------------------------- loading a whole source
 
 
@@ -466,7 +473,7 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
         seen.add(ex.id)
         examples.append(ex)
         report.n_empty_instruction += not ex.instruction.strip()
-        report.n_empty_output += not ex.output.strip()
+        report.n_empty_output += is_blank(ex.output)
         report.n_with_input += bool(ex.input.strip())
         report.n_multi_turn += bool(ex.history)
     if not examples:
@@ -478,7 +485,7 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
         log.warning("%s: dropped %d exact duplicates, e.g. %s", source, report.n_duplicates,
                     report.duplicate_examples[:2])
     if report.n_empty_output:
-        log.warning("%s: %d records have an empty output (they will be skipped by scoring)",
+        log.warning("%s: %d records have an empty or blank output (they will be skipped by scoring)",
                     source, report.n_empty_output)
     if report.n_trailing_user_turn:
         log.warning("%s: %d conversations end in a user turn with no reply; that turn is dropped",

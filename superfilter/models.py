@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 
 from superfilter.errors import ConfigError, UserError
-from superfilter.runtime import resolve_device, resolve_dtype
+from superfilter.runtime import choose_dtype, resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -49,7 +49,7 @@ class ModelConfig:
     path: str = "llama"  # hub id | local folder | python package holding a .gguf | tiny architecture (llama|gpt2)
     gguf_file: str = ""  # file name inside the package, for source=gguf
     revision: str = "main"  # hub revision
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on bf16 GPUs and AMX-BF16 CPUs, else fp32/fp16) | float32 | bfloat16 | float16
     attn_implementation: str = "auto"  # auto (sdpa, or flash_attention_2 when installed on GPU) | eager | sdpa | ...
     trust_remote_code: bool = False
     chat_template: bool = True  # whether the tokenizer's chat template may be used (prompt=chat)
@@ -335,7 +335,10 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device) if isinstance(device, str) else device
-    dtype = dtype or resolve_dtype(cfg.dtype, device)
+    if dtype is None:
+        choice = choose_dtype(cfg.dtype, device)
+        log.info("model %s: %s on %s (%s)", cfg.name, choice.name, device, choice.reason)
+        dtype = choice.dtype
     folder = resolve_model_dir(cfg)
     location = str(folder) if folder is not None else cfg.path
     common = {"trust_remote_code": cfg.trust_remote_code}

@@ -13,8 +13,10 @@ from superfilter.artifacts import Artifact
 from superfilter.config import Config, as_dict
 from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
+from superfilter.runtime import RuntimeConfig, choose_dtype, resolve_device
 from superfilter.selection import SelectConfig
 from superfilter.tracking import stage_run
+from train.config import resolve_mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,16 @@ def key_params(obj: Any, drop: tuple[str, ...] = ()) -> Any:
     return obj
 
 
+def model_params(model: ModelConfig, runtime: RuntimeConfig) -> dict[str, Any]:
+    params = key_params(model)
+    # The dtype that will run, not "auto": bf16 and fp32 results differ, and a store shared by machines with
+    # and without bf16 units must not hand one's results to the other.
+    params["dtype"] = choose_dtype(model.dtype, resolve_device(runtime.device)).name
+    return params
+
+
 def score_params(cfg: Config, model: ModelConfig) -> dict[str, Any]:
-    return {"model": key_params(model), "score": key_params(cfg.score)}
+    return {"model": model_params(model, cfg.runtime), "score": key_params(cfg.score)}
 
 
 def select_params(cfg: Config) -> dict[str, Any]:
@@ -50,7 +60,9 @@ def select_params(cfg: Config) -> dict[str, Any]:
 
 
 def train_params(cfg: Config) -> dict[str, Any]:
-    return {"model": key_params(cfg.model.strong), "train": key_params(cfg.train), "seed": cfg.seed}
+    train = key_params(cfg.train)
+    train["mixed_precision"] = resolve_mixed_precision(cfg.train.mixed_precision, resolve_device(cfg.runtime.device))
+    return {"model": model_params(cfg.model.strong, cfg.runtime), "train": train, "seed": cfg.seed}
 
 
 def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifact], build) -> Artifact:
@@ -119,7 +131,7 @@ def train(cfg: Config, subset: Artifact) -> Artifact:
 def evaluate(cfg: Config, trained: Artifact, reference: Artifact | None) -> Artifact:
     from eval.stage import eval_stage
 
-    params = {"eval": key_params(cfg.eval)}
+    params = {"eval": key_params(cfg.eval, drop=cfg.eval.unselected_sections())}
     upstream = [trained] + ([replace(reference, stage="reference")] if reference is not None else [])
 
     def build(out_dir: Path, run) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -37,13 +39,56 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# CPU flags that make dtype=auto pick bf16. AVX512-BF16 alone is not enough: on a CPU with it but without AMX
+# bf16 scoring measured slower than fp32 (experiments/scoring/README.md), so only the AMX tile unit counts.
+CPU_BF16_FLAGS = ("amx_bf16",)
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """A resolved dtype and why it was chosen (logged, and recorded in stage metrics)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's bf16-related feature flags: /proc/cpuinfo where it exists, else torch's own CPU probes."""
+    if CPUINFO.is_file():
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    return frozenset(flag for flag, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
+
+
+def choose_dtype(name: str, device: torch.device, flags: frozenset[str] | None = None) -> DtypeChoice:
+    """auto = bf16 where the hardware computes in bf16 natively (CUDA with bf16, CPUs with AMX-BF16), fp16 on
+    older GPUs, fp32 elsewhere; any other name is taken as asked."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ConfigError(f"dtype must be auto|{'|'.join(DTYPES)}, got {name!r}")
+        return DtypeChoice(DTYPES[name], f"dtype={name} was asked for")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return DtypeChoice(torch.bfloat16, f"auto: {torch.cuda.get_device_name(device)} computes in bf16")
+        return DtypeChoice(torch.float16, f"auto: {torch.cuda.get_device_name(device)} has no bf16, using fp16")
+    if device.type != "cpu":
+        return DtypeChoice(torch.float32, f"auto: fp32 on {device.type}")
+    flags = cpu_flags() if flags is None else flags
+    units = [f for f in CPU_BF16_FLAGS if f in flags]
+    if units:
+        return DtypeChoice(torch.bfloat16, f"auto: the CPU has bf16 matrix units ({', '.join(units)})")
+    extra = " (avx512_bf16 without AMX measured slower than fp32)" if "avx512_bf16" in flags else ""
+    return DtypeChoice(torch.float32, f"auto: the CPU has no AMX-BF16 unit, fp32{extra}")
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = fp32 on CPU (bf16 is slower there without AMX), bf16 on GPUs that support it."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ConfigError(f"dtype must be auto|float32|bfloat16|float16, got {name!r}") from None
+    return choose_dtype(name, device).dtype

@@ -1,6 +1,7 @@
 """IFD scoring: every column against a per-example HF computation, batching, boundaries, skips, resume, processes."""
 
 import copy
+import json
 import math
 import os
 import signal
@@ -30,6 +31,7 @@ from superfilter.scoring import (
     marker_path,
     plan_records,
     score_examples,
+    score_metrics,
     score_stage,
     token_budget_batches,
 )
@@ -272,6 +274,35 @@ def test_nonfinite_losses_are_skipped_not_scored(loaded) -> None:
     assert scores["ifd"].isna().all()
 
 
+BLANK_OUTPUTS = [" ", "\n\t ", "\u200b", "\u200b\u200d\ufeff", "\u00a0\u2060 "]
+
+
+def test_blank_outputs_are_empty_responses_for_prepare_and_scorer(loaded, tmp_path: Path) -> None:
+    model, tokenizer = loaded["gpt2"]
+    records = [{"instruction": f"Say something {i}.", "input": "", "output": out}
+               for i, out in enumerate([*BLANK_OUTPUTS, "Fine.", "a\u200b"])]
+    path = tmp_path / "blank.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    examples, report = load_examples(DataConfig(path=str(path)))
+    scores = score_examples(examples, model, tokenizer, ScoreConfig(max_length=SHORT))
+    assert list(scores["skip_reason"][:len(BLANK_OUTPUTS)]) == ["empty_response"] * len(BLANK_OUTPUTS)
+    assert (scores["skip_reason"][len(BLANK_OUTPUTS):] == "").all()
+    assert report.n_empty_output == (scores["skip_reason"] == "empty_response").sum()
+
+
+def test_all_skipped_stage_fails_in_one_line_after_writing_the_table(model_dirs, tmp_path: Path) -> None:
+    write_examples([Example.create(f"Say nothing {i}.", "", out) for i, out in enumerate(["", " ", "\u200b"])],
+                   tmp_path / "examples.jsonl")
+    out = tmp_path / "score"
+    with pytest.raises(UserError, match=r"none of the 3 records could be scored: 3 empty_response") as error:
+        score_stage(tmp_path / "examples.jsonl", local_spec(model_dirs["gpt2"]), ScoreConfig(max_skip_fraction=1.0),
+                    RuntimeConfig(device="cpu"), out, StageRun(None, "score"))
+    assert "\n" not in str(error.value)
+    assert (pd.read_parquet(out / "scores.parquet")["skip_reason"] == "empty_response").all()
+    metrics = score_metrics(pd.read_parquet(out / "scores.parquet"), ScoreConfig())
+    assert metrics["n_scored"] == 0 and metrics["ifd_quantiles"] == {} and metrics["ifd_mean"] is None
+
+
 def test_stage_writes_artifacts_and_fails_above_max_skip_fraction(loaded, model_dirs, tmp_path: Path) -> None:
     model, tokenizer = loaded["gpt2"]
     examples = fixture_examples() + edge_examples(tokenizer)
@@ -289,6 +320,7 @@ def test_stage_writes_artifacts_and_fails_above_max_skip_fraction(loaded, model_
     assert metrics["skip_reasons"] == reasons and set(reasons) == set(SKIP_REASONS) - {"nonfinite_loss"}
     assert set(metrics["ifd_quantiles"]) == {"min", "p05", "p25", "p50", "p75", "p95", "max"}
     assert 0.0 <= metrics["share_ifd_ge_1"] <= 1.0 and metrics["records_per_s"] > 0
+    assert metrics["dtype"] == "float32" and metrics["dtype_reason"]  # tiny models: auto is fp32 on every CPU
     strict = ScoreConfig(max_length=SHORT, shard_size=16, max_skip_fraction=0.01)
     with pytest.raises(UserError, match="max_skip_fraction"):
         score_stage(tmp_path / "examples.jsonl", local_spec(model_dirs["gpt2"]), strict,

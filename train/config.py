@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+
 from superfilter.errors import ConfigError
+from superfilter.runtime import choose_dtype
 
 METHODS = ("lora", "full")
 TEMPLATES = ("alpaca", "vicuna_v1.1", "chat")
@@ -47,7 +50,7 @@ class TrainConfig:
     truncation: str = "truncate"  # truncate (cut the tail, keep if a response token survives) | drop (skip it)
     packing: bool = True  # concatenate a micro-batch into one row (no padding), attention kept per example
     gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"  # auto (bf16 on GPUs that have it, none on CPU) | no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (bf16 where dtype=auto picks bf16; else fp16 GPU, none CPU) | no|bf16|fp16
     lora: LoraSettings = field(default_factory=LoraSettings)
     save_steps: int = 5  # checkpoint every N optimizer steps (resume point after a crash); 0 = never
     keep_checkpoints: int = 1
@@ -86,3 +89,12 @@ class TrainConfig:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"train.{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def resolve_mixed_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 autocast where dtype=auto computes in bf16 (GPUs with bf16, CPUs with bf16 matrix units), fp16
+    on older GPUs, none elsewhere."""
+    if name != "auto":
+        return name
+    chosen = choose_dtype("auto", device).dtype
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(chosen, "no")

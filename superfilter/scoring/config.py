@@ -15,7 +15,7 @@ COLUMNS = ("id", "n_prompt_tokens", "n_response_tokens", "loss_direct", "loss_co
            "ppl_conditioned", "ifd", "skip_reason")
 TURN_COLUMNS = ("ifd_max", "n_turns", "n_turns_scored")  # added when turns=each
 SKIP_REASONS = {
-    "empty_response": "the response is the empty string",
+    "empty_response": "the response is empty, or only whitespace and invisible characters",
     "prompt_too_long": "the prompt alone has more than max_length tokens",
     "response_truncated": "truncation to max_length left no response token to score",
     "response_too_short": "the response-only pass predicts no token (a one-token response, no BOS, no prefix)",

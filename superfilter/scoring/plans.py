@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from superfilter.data import Example
+from superfilter.data import Example, is_blank
 from superfilter.errors import UserError
 from superfilter.prompts import scoring_prompt
 from superfilter.scoring.config import ScoreConfig
@@ -121,7 +121,7 @@ def plan_turn(text: TurnText, encoded: dict[str, list[int]], cfg: ScoreConfig, t
 
 def _skip_reason(text: TurnText, n_prompt: int, conditioned: Pass, direct: Pass, n_direct_full: int,
                  max_length: int) -> str:
-    if not text.output:
+    if is_blank(text.output):
         return "empty_response"
     if n_prompt > max_length:
         return "prompt_too_long"

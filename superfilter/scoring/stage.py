@@ -12,7 +12,7 @@ import pandas as pd
 
 from superfilter.errors import ConfigError, UserError
 from superfilter.models import ModelConfig
-from superfilter.runtime import RuntimeConfig, resolve_device
+from superfilter.runtime import RuntimeConfig, choose_dtype, resolve_device
 from superfilter.scoring.config import SKIP_REASONS, ScoreConfig
 from superfilter.scoring.engine import make_engine
 from superfilter.scoring.launcher import balance_shards, launch_workers
@@ -35,7 +35,8 @@ def score_metrics(scores: pd.DataFrame, cfg: ScoreConfig) -> dict[str, Any]:
     ifd = scores["ifd"].to_numpy(dtype=np.float64)
     finite = ifd[np.isfinite(ifd)]
     reasons = scores.loc[scores["skip_reason"] != "", "skip_reason"].value_counts()
-    quantiles = {f"p{int(q * 100):02d}": float(np.quantile(finite, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+    quantiles = {f"p{int(q * 100):02d}": float(np.quantile(finite, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
+                 if len(finite)}
     return {
         "n_records": len(scores),
         "n_scored": int(len(finite)),
@@ -77,6 +78,9 @@ def score_stage(
     if len(todo) < len(layout):
         log.info("score: resuming, %d of %d shards already scored; %d records left",
                  len(layout) - len(todo), len(layout), n_todo)
+    device = resolve_device(runtime.device)
+    dtype = choose_dtype(model.dtype, device)
+    log.info("score: %s in %s on %s (%s)", model.name, dtype.name, device, dtype.reason)
     seconds = 0.0
     if todo and runtime.num_processes > 1:
         costs = [float(examples.costs[layout[s]].sum()) for s in todo]
@@ -87,8 +91,7 @@ def score_stage(
     elif todo:
         from superfilter.models import load_model
 
-        device = resolve_device(runtime.device)
-        engine = make_engine(*load_model(model, device))
+        engine = make_engine(*load_model(model, device, dtype=dtype.dtype))
         started = time.perf_counter()
         score_shards_to_dir(engine, examples, layout, todo, cfg, shard_dir, progress=True)
         seconds = time.perf_counter() - started
@@ -99,11 +102,19 @@ def score_stage(
     metrics = score_metrics(scores, cfg)
     metrics.update({
         "model": model.name,
+        "dtype": dtype.name,
+        "dtype_reason": dtype.reason,
         "n_processes": runtime.num_processes,
         "records_scored_this_run": n_todo,
         "scoring_seconds": round(seconds, 3),
         "records_per_s": round(n_todo / seconds, 3) if seconds > 0 else None,
     })
+    if metrics["n_scored"] == 0 and metrics["n_records"]:
+        _log_skips(scores)
+        # Nothing to select from, whatever max_skip_fraction allows: stop here rather than hand on an empty ranking.
+        reasons = "; ".join(f"{n} {k} ({SKIP_REASONS.get(k, '')})" for k, n in metrics["skip_reasons"].items())
+        raise UserError(f"none of the {metrics['n_records']} records could be scored: {reasons}; each record's "
+                        f"skip_reason is in {Path(out_dir) / 'scores.parquet'}")
     histogram = Path(out_dir) / HISTOGRAM_FILE
     plot_ifd_histogram(scores, histogram, f"{model.name} IFD ({cfg.ifd_form})")
     tracker.image("ifd_hist", histogram)
