@@ -182,6 +182,14 @@ def test_a_hub_only_task_offline_names_the_local_ones():
                                                                                ("medqa_4options", "hub")]
     local = LmEvalConfig(tasks=[LmEvalTask("gsm8k")], source="local")
     assert [(ran, source) for _, ran, source in suite.plan(local, hub=True)] == [("gsm8k_local", "local")]
+    hub_only = LmEvalConfig(tasks=[LmEvalTask("gsm8k_local"), LmEvalTask("gsm8k")], source="hub")
+    with pytest.raises(ConfigError, match="source=hub but the Hub is unreachable \\(tasks gsm8k\\); set "
+                                          "eval.lm_eval.source=auto"):
+        suite.plan(hub_only, hub=False)
+
+
+def test_entries_running_the_same_task_get_distinct_labels():
+    assert suite.entry_labels(["gsm8k", "mmlu", "gsm8k"]) == ["gsm8k#0", "mmlu", "gsm8k#2"]
 
 
 @pytest.mark.slow
