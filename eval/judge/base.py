@@ -252,7 +252,7 @@ def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
     return add
 
 
-def make_judge(cfg: JudgeConfig, device: str = "cpu", concurrency: int = 8, backoff_s: float = 1.0) -> Judge:
+def make_judge(cfg: JudgeConfig, device: str = "cpu") -> Judge:
     if cfg.backend not in JUDGES:
         raise ConfigError(f"eval.judge.backend: unknown {cfg.backend!r}; choose from {sorted(JUDGES)}")
-    return JUDGES[cfg.backend](cfg, device, concurrency, backoff_s)
+    return JUDGES[cfg.backend](cfg, device, cfg.concurrency, cfg.backoff_s)

@@ -155,8 +155,7 @@ class Context:
         if self._judge is None:
             from eval.judge import make_judge
 
-            self._judge = make_judge(self.cfg.judge, self.device, self.cfg.judge_concurrency,
-                                     self.cfg.judge_backoff_s)
+            self._judge = make_judge(self.cfg.judge, self.device)
         return self._judge
 
     def judge_all(self, label: str, requests: list[JudgeRequest]) -> list[Annotation]:
