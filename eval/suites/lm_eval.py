@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ def validate(cfg: LmEvalConfig, eval_cfg: Any) -> None:
             raise ConfigError(f"{where}.batch_size must be >= 0 (0 = eval.lm_eval_batch_size)")
         if entry.fewshot_as_multiturn and not entry.apply_chat_template:
             raise ConfigError(f"{where}.fewshot_as_multiturn=true needs {where}.apply_chat_template=true")
+        if entry.task == "math500_verify_local" and importlib.util.find_spec("math_verify") is None:
+            raise ConfigError(f"{where}.task=math500_verify_local needs math-verify: pip install 'superfilter[math]'")
         if is_code_task(entry.task) and not cfg.allow_code_execution:
             raise ConfigError(f"{where}.task={entry.task} executes model-written code; allow it with "
                               "eval.lm_eval.allow_code_execution=true")
