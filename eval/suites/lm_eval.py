@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ def validate(cfg: LmEvalConfig, eval_cfg: Any) -> None:
             raise ConfigError(f"{where}.batch_size must be >= 0 (0 = eval.lm_eval_batch_size)")
         if entry.fewshot_as_multiturn and not entry.apply_chat_template:
             raise ConfigError(f"{where}.fewshot_as_multiturn=true needs {where}.apply_chat_template=true")
+        if entry.task == "math500_verify_local" and importlib.util.find_spec("math_verify") is None:
+            raise ConfigError(f"{where}.task=math500_verify_local needs math-verify: pip install 'superfilter[math]'")
         if is_code_task(entry.task) and not cfg.allow_code_execution:
             raise ConfigError(f"{where}.task={entry.task} executes model-written code; allow it with "
                               "eval.lm_eval.allow_code_execution=true")
@@ -93,8 +96,11 @@ def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, s
     from eval.harness import hub_reachable
 
     needs_hub = [e.task for e in cfg.tasks if not is_local(e.task)]
-    if needs_hub and cfg.source == "auto" and hub is None:
+    if needs_hub and cfg.source != "local" and hub is None:
         hub = hub_reachable()
+    if needs_hub and cfg.source == "hub" and not hub:
+        raise ConfigError(f"eval.lm_eval.source=hub but the Hub is unreachable (tasks {', '.join(needs_hub)}); "
+                          "set eval.lm_eval.source=auto to run their local copies where they exist")
     use_hub = cfg.source == "hub" or (cfg.source == "auto" and bool(hub))
     planned = []
     for i, entry in enumerate(cfg.tasks):
@@ -264,10 +270,16 @@ def run(ctx: Context, cfg: LmEvalConfig) -> Result:
         if limited else []
     summary = [f"### lm-eval tasks (lm-eval {result['lm_eval_version']}, {ctx.device}, {cfg.weights} weights)", "",
                *rows]
-    return Result(result=result, metrics={e["task"]: e["headline"] for e in entries},
-                  headline={f"lm_eval/{e['task']}/{e['headline']['metric']}": e["headline"]["value"]
-                            for e in entries if e["headline"]["value"] is not None},
+    labels = entry_labels([e["task"] for e in entries])
+    return Result(result=result, metrics={label: e["headline"] for label, e in zip(labels, entries, strict=True)},
+                  headline={f"lm_eval/{label}/{e['headline']['metric']}": e["headline"]["value"]
+                            for label, e in zip(labels, entries, strict=True) if e["headline"]["value"] is not None},
                   summary=summary, notes=notes)
+
+
+def entry_labels(tasks: list[str]) -> list[str]:
+    """The task name, or `<task>#<entry index>` when several entries run the same task (e.g. two shot counts)."""
+    return [t if tasks.count(t) == 1 else f"{t}#{i}" for i, t in enumerate(tasks)]
 
 
 def _cell(value: float | None) -> str:
