@@ -86,7 +86,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ifd-form", help="ppl_ratio (Superfiltering) | loss_ratio (Cherry)")
     p.add_argument("--turns", help="multi-turn records: last | each")
     p.add_argument("--max-length", type=int, help="tokens per scoring pass (default 1024)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 8192)")
+    p.add_argument("--batch-tokens", type=int,
+                   help="padded tokens per forward pass (default: auto, 1024 on CPU, 16384 on GPU)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="options", type=option_value, action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of superfilter.score/select, e.g. --set boundary=exact (repeatable)")
