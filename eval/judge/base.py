@@ -236,7 +236,7 @@ def judge_label(cfg: JudgeConfig) -> str:
     return {"openai": cfg.api_model, "hf": cfg.model.name}.get(cfg.backend, cfg.backend)
 
 
-JudgeFactory = Callable[[JudgeConfig, str, int, float], Judge]  # (config, device, concurrency, backoff_s)
+JudgeFactory = Callable[[JudgeConfig, str], Judge]  # (config, device)
 JUDGES: dict[str, JudgeFactory] = {}
 
 
@@ -255,4 +255,4 @@ def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
 def make_judge(cfg: JudgeConfig, device: str = "cpu") -> Judge:
     if cfg.backend not in JUDGES:
         raise ConfigError(f"eval.judge.backend: unknown {cfg.backend!r}; choose from {sorted(JUDGES)}")
-    return JUDGES[cfg.backend](cfg, device, cfg.concurrency, cfg.backoff_s)
+    return JUDGES[cfg.backend](cfg, device)
