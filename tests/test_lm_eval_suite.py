@@ -145,7 +145,8 @@ def test_weights_adapter_runs_base_plus_lora_like_the_merged_model(tmp_path):
     peft_model.merge_and_unload().save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
-    (folder / "config.json").write_text(json.dumps({"params": {"model": {"source": "local", "path": str(base_dir)}}}))
+    spec = {"name": "base", "source": "local", "path": str(base_dir)}  # what the train stage records
+    (folder / "adapter" / "superfilter_train.json").write_text(json.dumps({"base_model_spec": spec}))
     values = {}
     for weights in ("merged", "adapter"):
         cfg = _cfg(LmEvalTask("truthfulqa_mc2_local", limit=3), weights=weights)

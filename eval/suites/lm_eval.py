@@ -148,16 +148,15 @@ def load(ctx: Context, cfg: LmEvalConfig) -> tuple[Any, Any]:
     from peft import PeftModel
 
     from eval.generation import load_tokenizer
+    from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
     from superfilter.models import ModelConfig, load_model
 
-    adapter = ctx.model_dir / "adapter"
-    config = ctx.model_dir / "config.json"
-    if not adapter.is_dir() or not config.is_file():
+    adapter = ctx.model_dir / ADAPTER_DIR
+    info = adapter / MODEL_INFO_FILE
+    if not info.is_file():
         raise DataError(f"{ctx.model_dir}: eval.lm_eval.weights=adapter needs a LoRA train stage folder "
-                        "(adapter/ and config.json); use weights=merged")
-    spec = json.loads(config.read_text())["params"]["model"]
-    known = set(ModelConfig.__dataclass_fields__)
-    base, _ = load_model(ModelConfig(**{k: v for k, v in spec.items() if k in known}), ctx.device)
+                        f"({ADAPTER_DIR}/{MODEL_INFO_FILE}); use weights=merged")
+    base, _ = load_model(ModelConfig(**json.loads(info.read_text())["base_model_spec"]), ctx.device)
     return PeftModel.from_pretrained(base, str(adapter)), load_tokenizer(ctx.model_dir)
 
 
