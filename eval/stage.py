@@ -12,6 +12,7 @@ from eval import suites
 from eval.config import EvalConfig
 from eval.suites import Context, Prompts, Result
 from superfilter.artifacts import write_json_atomic
+from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, STAGE_CONFIG_FILE
 from superfilter.runtime import RuntimeConfig, resolve_device
 from superfilter.tracking import StageRun
 
@@ -51,13 +52,13 @@ def eval_stage(
         timings[name] = round(time.perf_counter() - clock, 1)
         write_json_atomic(ctx.eval_dir / f"{name}.json", results[name].result)
     if ctx.judge_summaries:
-        write_json_atomic(out_dir / "judge" / "summary.json", ctx.judge_summaries)
+        write_json_atomic(out_dir / JUDGE_DIR / JUDGE_SUMMARY_FILE, ctx.judge_summaries)
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["seconds_by_phase"] = timings
     write_json_atomic(ctx.eval_dir / "generation.json", ctx.generation_stats)
     table = summary_markdown(ctx, results, metrics["seconds"])
-    (ctx.eval_dir / "summary.md").write_text(table)
+    (ctx.eval_dir / EVAL_SUMMARY_FILE).write_text(table)
     log.info("evaluation summary:\n%s", table)
     mirror(tracker, results)
     return metrics
@@ -66,9 +67,9 @@ def eval_stage(
 def model_label(model_dir: Path) -> str:
     """'<filter> <ratio>' from the train stage's upstream select stage; the folder name when that is unknown."""
     try:
-        train_config = json.loads((model_dir / "config.json").read_text())
+        train_config = json.loads((model_dir / STAGE_CONFIG_FILE).read_text())
         select_dir = Path(train_config["upstream"]["select"]["path"])
-        params = json.loads((select_dir / "config.json").read_text())["params"]
+        params = json.loads((select_dir / STAGE_CONFIG_FILE).read_text())["params"]
         return f"{params['filter']['name']} {100 * float(params['ratio']):g}%"
     except (OSError, KeyError, TypeError, ValueError):
         return model_dir.name

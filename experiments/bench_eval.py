@@ -23,24 +23,22 @@ sys.path.insert(0, str(REPO))
 
 
 def compose_default_eval(suites: list[str]):
-    from hydra import compose, initialize_config_dir
+    from superfilter.config import to_config
+    from superfilter.presets import compose_config
 
-    from superfilter.config import register_configs, to_config
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = to_config(compose(config_name="config", overrides=[f"eval.suites=[{','.join(suites)}]"]))
-    return cfg
+    return to_config(compose_config([f"eval.suites=[{','.join(suites)}]"]))
 
 
 def stage_folder(root: Path, name: str, weights: Path) -> Path:
     """A train-stage-shaped folder (model/ → the strong model's weights, its template recorded)."""
     folder = root / "train" / name
-    (folder / "model").mkdir(parents=True)
+    from superfilter.contracts import MODEL_DIR, MODEL_INFO_FILE
+
+    (folder / MODEL_DIR).mkdir(parents=True)
     for item in weights.iterdir():
         if item.is_file():
-            os.symlink(item, folder / "model" / item.name)
-    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+            os.symlink(item, folder / MODEL_DIR / item.name)
+    (folder / MODEL_DIR / MODEL_INFO_FILE).write_text(json.dumps({"template": "alpaca"}))
     return folder
 
 

@@ -26,6 +26,7 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from superfilter.contracts import DEFAULT_MODEL, EXAMPLES_FILE, SCORES_FILE  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import ModelConfig, load_model, model_from_name  # noqa: E402
 from superfilter.runtime import RuntimeConfig, choose_dtype, cpu_flags  # noqa: E402
@@ -197,7 +198,7 @@ def peak_rss_mb() -> float:
 
 
 def memory_child(n: int, workdir: Path) -> dict:
-    examples_path = workdir / "examples.jsonl"
+    examples_path = workdir / EXAMPLES_FILE
     write_examples(synthetic_examples(n), examples_path)
     spec = ModelConfig(name="tiny", source="tiny", path="gpt2")
     load_model(spec, "cpu")  # model and libraries in memory before the baseline is read
@@ -207,7 +208,7 @@ def memory_child(n: int, workdir: Path) -> dict:
                 StageRun(None, "score"))
     import pandas as pd
 
-    table = pd.read_parquet(workdir / "score" / "scores.parquet")
+    table = pd.read_parquet(workdir / "score" / SCORES_FILE)
     return {"records": n, "baseline_mb": baseline, "peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - started,
             "table_mb": table.memory_usage(deep=True).sum() / 2**20,
             "examples_file_mb": examples_path.stat().st_size / 2**20}
@@ -230,7 +231,7 @@ def bench_memory(sizes: list[int]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/alpaca_5000.json")
-    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--records", type=int, default=500, help="records for the speed comparison (0 = skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-tokens", type=int, default=ScoreConfig.batch_tokens)

@@ -29,6 +29,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from superfilter.config import to_config  # noqa: E402
+from superfilter.contracts import SUBSET_FILE  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import load_model, model_from_name  # noqa: E402
 from superfilter.presets import compose_config  # noqa: E402
@@ -58,7 +59,7 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
     """Tokens/s of the stage's own train_step, padded and packed runs alternating on the same records."""
     device = torch.device("cpu")
     n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, 1)
-    sft._reset_accelerate()
+    sft.reset_accelerate()
     accelerator = sft.make_accelerator(device, cfg, n_micro)
     model, tokenizer = load_model(model_from_name(args.model), device, for_training=True)
     encoded, _ = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
@@ -97,7 +98,7 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
                       sum(s["tokens"] for s in runs), "step_time_s_median":
                       statistics.median(s["time_s"] / args.steps for s in runs),
                       "tokens_per_cpu_s_median": statistics.median(s["tokens"] / s["cpu_s"] for s in runs)})
-    sft._reset_accelerate()
+    sft.reset_accelerate()
     return table
 
 
@@ -105,10 +106,10 @@ def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[E
     """The whole train stage as the pipeline runs it (load, encode, train, merge, save) on `stage_records`."""
     subset = random.Random(1).sample(examples, min(args.stage_records, len(examples)))
     with tempfile.TemporaryDirectory() as tmp:
-        write_examples(subset, Path(tmp) / "subset.jsonl")
+        write_examples(subset, Path(tmp) / SUBSET_FILE)
         (Path(tmp) / "out").mkdir()
         started, cpu = time.perf_counter(), time.process_time()
-        metrics = sft.train_stage(Path(tmp) / "subset.jsonl", model_from_name(args.model), cfg, 0,
+        metrics = sft.train_stage(Path(tmp) / SUBSET_FILE, model_from_name(args.model), cfg, 0,
                                   RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"records": len(subset), "wall_s": wall, "cpu_s": cpu, **{k: metrics[k] for k in (

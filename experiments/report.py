@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 
 from superfilter.consistency import RATIOS, consistency, scatter_plot
+from superfilter.contracts import RUN_SUMMARY_FILE, SCORES_FILE, STAGE_CONFIG_FILE, TRAIN_METRICS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("report")
@@ -121,7 +122,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def find_runs(folder: Path) -> list[Run]:
     runs = []
-    for summary_file in sorted(folder.rglob("run_summary.json"), key=job_order):
+    for summary_file in sorted(folder.rglob(RUN_SUMMARY_FILE), key=job_order):
         summary = json.loads(summary_file.read_text())
         run_dir = summary_file.parent
         runs.append(Run(run_dir, list(summary.get("overrides", [])), summary.get("stages", {}),
@@ -179,7 +180,7 @@ def scorers(runs: list[Run]) -> list[Scorer]:
             if info is None or info["key"] in found:
                 continue
             path = resolve_path(info["path"])
-            config = read_json(path / "config.json") if path else None
+            config = read_json(path / STAGE_CONFIG_FILE) if path else None
             prepare_key = (config or {}).get("upstream", {}).get("prepare", {}).get("key") or \
                 run.stages.get("prepare", {}).get("key", "")
             data = prepared.get(prepare_key, {}).get("data", "?")
@@ -223,7 +224,7 @@ def data_family(name: str) -> str | None:
 def consistency_rows(weak: Scorer, strong: Scorer, strong_table: pd.DataFrame, out: Path
                      ) -> tuple[list[list[Any]], list[Any], Path]:
     """Our Table 1 row with its length and random baselines, the length-critique row, and the scatter plot."""
-    weak_table = pd.read_parquet(weak.path / "scores.parquet")
+    weak_table = pd.read_parquet(weak.path / SCORES_FILE)
     result = consistency(weak_table, strong_table, ratios=RATIOS)
     overlaps = result["overlap"]
 
@@ -258,7 +259,7 @@ def consistency_section(groups: list[list[Scorer]], runs: list[Run], reference: 
         if missing:
             notes.append(f"- scores of {', '.join(missing)} not found (artifact missing): comparison skipped")
             continue
-        strong_table = pd.read_parquet(strong.path / "scores.parquet")
+        strong_table = pd.read_parquet(strong.path / SCORES_FILE)
         families.add(data_family(strong.data) or "")
         for weak in weak_ones:
             ours, length_row, plot = consistency_rows(weak, strong, strong_table, out)
@@ -323,7 +324,7 @@ def ifd_plot(found: list[Scorer], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tables = [(s, pd.read_parquet(s.path / "scores.parquet")) for s in found if s.path is not None]
+    tables = [(s, pd.read_parquet(s.path / SCORES_FILE)) for s in found if s.path is not None]
     tables = [(s, t["ifd"][np.isfinite(t["ifd"]) & (t["ifd"] > 0)]) for s, t in tables]
     tables = [(s, ifd) for s, ifd in tables if len(ifd)]
     if not tables:
@@ -367,7 +368,7 @@ def budget_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "suites": suite_columns(evaluation),
             "train": run.stage_path("train"), "partner_train": run.stage_path("train_reference"),
             "partner_is_full": partner_is_full(run, pairwise_file),
-            "eval_settings": ((read_json(eval_dir / "config.json") if eval_dir else None) or {}).get("params", {}),
+            "eval_settings": ((read_json(eval_dir / STAGE_CONFIG_FILE) if eval_dir else None) or {}).get("params", {}),
             "open_llm_over": ((read_json(eval_dir / "eval" / "open_llm.json") if eval_dir else None) or {}).get(
                 "average_over"),
         }
@@ -501,7 +502,7 @@ def winning_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def loss_curve(train_dir: Path | None) -> pd.DataFrame | None:
-    log_file = train_dir / "train_metrics.jsonl" if train_dir else None
+    log_file = train_dir / TRAIN_METRICS_FILE if train_dir else None
     if log_file is None or not log_file.exists():
         return None
     frame = pd.read_json(log_file, lines=True)

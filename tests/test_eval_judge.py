@@ -159,8 +159,8 @@ def server():
 def _openai_judge(url: str, max_retries: int = 3) -> OpenAIJudge:
     cfg = JudgeConfig(backend="openai", api_model="judge-model", base_url=url, api_key_env="SUPERFILTER_TEST_KEY",
                       max_retries=max_retries, timeout_s=0.5, usd_per_1k_prompt_tokens=0.03,
-                      usd_per_1k_completion_tokens=0.06)
-    return OpenAIJudge(cfg, concurrency=4, backoff_s=0.01)
+                      usd_per_1k_completion_tokens=0.06, concurrency=4, backoff_s=0.01)
+    return OpenAIJudge(cfg)
 
 
 def test_openai_backend_retries_each_failure_then_caches_every_annotation_once(server, tmp_path, monkeypatch):
@@ -332,7 +332,7 @@ def test_a_backend_registers_itself_and_unknown_backends_fail_naming_the_registe
     assert set(JUDGES) >= {"openai", "hf", "replay", "fake"}
 
     @register_judge("constant")
-    def _constant(cfg, device, concurrency, backoff_s):
+    def _constant(cfg, device):
         return FakeJudge(lambda request: "b")
 
     try:

@@ -129,3 +129,18 @@ def test_the_pipeline_checks_evaluation_requests_before_any_stage_runs(tmp_path)
     with pytest.raises(DataError, match="missing.json does not exist"):
         pipeline.run(cfg)
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_the_eval_key_holds_only_the_suites_that_run():
+    from superfilter.pipeline import key_params
+
+    def key(cfg: EvalConfig) -> dict:
+        return key_params(cfg, drop=cfg.unselected_sections())
+
+    base = EvalConfig(suites=["pairwise"])
+    other = EvalConfig(suites=["pairwise"])
+    other.open_llm.limit = 7
+    assert key(other) == key(base) and "open_llm" not in key(base) and "pairwise" in key(base)
+    other.pairwise.limit = 3
+    assert key(other) != key(base)
+    assert key(EvalConfig(suites=["pairwise", "open_llm"])) != key(base)

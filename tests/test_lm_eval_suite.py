@@ -145,7 +145,8 @@ def test_weights_adapter_runs_base_plus_lora_like_the_merged_model(tmp_path):
     peft_model.merge_and_unload().save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
-    (folder / "config.json").write_text(json.dumps({"params": {"model": {"source": "local", "path": str(base_dir)}}}))
+    spec = {"name": "base", "source": "local", "path": str(base_dir)}  # what the train stage records
+    (folder / "adapter" / "superfilter_train.json").write_text(json.dumps({"base_model_spec": spec}))
     values = {}
     for weights in ("merged", "adapter"):
         cfg = _cfg(LmEvalTask("truthfulqa_mc2_local", limit=3), weights=weights)
@@ -182,6 +183,14 @@ def test_a_hub_only_task_offline_names_the_local_ones():
                                                                                ("medqa_4options", "hub")]
     local = LmEvalConfig(tasks=[LmEvalTask("gsm8k")], source="local")
     assert [(ran, source) for _, ran, source in suite.plan(local, hub=True)] == [("gsm8k_local", "local")]
+    hub_only = LmEvalConfig(tasks=[LmEvalTask("gsm8k_local"), LmEvalTask("gsm8k")], source="hub")
+    with pytest.raises(ConfigError, match="source=hub but the Hub is unreachable \\(tasks gsm8k\\); set "
+                                          "eval.lm_eval.source=auto"):
+        suite.plan(hub_only, hub=False)
+
+
+def test_entries_running_the_same_task_get_distinct_labels():
+    assert suite.entry_labels(["gsm8k", "mmlu", "gsm8k"]) == ["gsm8k#0", "mmlu", "gsm8k#2"]
 
 
 @pytest.mark.slow
@@ -231,3 +240,26 @@ def test_math_answers_are_compared_after_lm_evals_normalisation():
     assert utils.math_results(doc, ["The answer is $0.5$"]) == {"exact_match": 1}  # the normaliser knows 0.5
     assert utils.math_results(doc, ["The answer is $\\frac{2}{4}$"]) == {"exact_match": 0}  # not symbolic
     assert utils.math_results(doc, ["$\\frac{1}{3}$"]) == {"exact_match": 0}
+
+
+def test_math_verify_compares_answers_as_mathematical_objects(monkeypatch):
+    pytest.importorskip("math_verify", reason="the math extra (math-verify) is not installed")
+    utils = _utils()
+    doc = {"problem": "p", "solution": "so $x = \\boxed{\\frac{1}{2}}$", "answer": "\\frac{1}{2}"}
+    assert utils.math_verify_results(doc, ["The answer is $\\frac{2}{4}$"]) == {"math_verify": 1.0, "exact_match": 0}
+    assert utils.math_verify_results(doc, ["$0.5$"]) == {"math_verify": 1.0, "exact_match": 1}
+    assert utils.math_verify_results(doc, ["$\\frac{1}{3}$"]) == {"math_verify": 0.0, "exact_match": 0}
+    import importlib.util as found
+
+    real = found.find_spec
+    monkeypatch.setattr(found, "find_spec", lambda name, *a: None if name == "math_verify" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install 'superfilter\\[math\\]'"):
+        _cfg(LmEvalTask("math500_verify_local")).validate()
+
+
+@pytest.mark.slow
+def test_math500_verify_local_runs_in_the_stage(trained, tmp_path):
+    pytest.importorskip("math_verify", reason="the math extra (math-verify) is not installed")
+    cfg = _cfg(LmEvalTask("math500_verify_local", limit=2, gen_kwargs={"max_gen_toks": 8}))
+    result = _stage(trained, cfg, tmp_path / "eval" / "m.partial")["lm_eval"]["math500_verify_local"]
+    assert result["metric"] == "math_verify,none" and result["n"] == 2

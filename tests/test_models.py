@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from superfilter.contracts import SUCCESS_MARKER
 from superfilter.errors import UserError
 from superfilter.models import (
-    DONE_MARKER,
     ModelConfig,
     build_once,
     build_tiny_model,
@@ -77,10 +77,10 @@ def test_chat_template_can_be_switched_off(private_cache: Path) -> None:
 
 def test_tiny_is_cached_and_trainable(private_cache: Path) -> None:
     folder = resolve_model_dir(ModelConfig(source="tiny", path="gpt2"))
-    assert folder is not None and folder.is_relative_to(private_cache) and (folder / DONE_MARKER).exists()
-    marker_mtime = (folder / DONE_MARKER).stat().st_mtime_ns
+    assert folder is not None and folder.is_relative_to(private_cache) and (folder / SUCCESS_MARKER).exists()
+    marker_mtime = (folder / SUCCESS_MARKER).stat().st_mtime_ns
     assert resolve_model_dir(ModelConfig(source="tiny", path="gpt2")) == folder
-    assert (folder / DONE_MARKER).stat().st_mtime_ns == marker_mtime
+    assert (folder / SUCCESS_MARKER).stat().st_mtime_ns == marker_mtime
     model, _ = load_model(ModelConfig(source="tiny", path="gpt2"), for_training=True)
     assert model.training
 
@@ -102,7 +102,7 @@ def test_build_once_recovers_from_a_killed_build(tmp_path: Path) -> None:
     assert not final.exists()
     assert build_once(final, build) == final and build_once(final, build) == final
     assert len(calls) == 1
-    assert sorted(p.name for p in final.iterdir()) == [DONE_MARKER, "whole.bin"]
+    assert sorted(p.name for p in final.iterdir()) == [SUCCESS_MARKER, "whole.bin"]
 
 
 def test_cache_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +166,7 @@ def test_bundled_gguf_converts_once_and_is_sane(name: str, package: str, adds_bo
         pytest.skip(f"{package} is not installed (bash install.sh)")
     cfg = model_from_name(name)
     folder = resolve_model_dir(cfg)  # the real cache: converted once per machine
-    assert folder is not None and (folder / DONE_MARKER).exists()
+    assert folder is not None and (folder / SUCCESS_MARKER).exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     model, tokenizer = load_model(cfg)
     assert (tokenizer("Hello")["input_ids"][0] == tokenizer.bos_token_id) is adds_bos

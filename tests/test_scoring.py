@@ -21,8 +21,8 @@ from superfilter.models import ModelConfig, build_tiny_model, load_model
 from superfilter.prompts import scoring_prompt
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import (
-    COLUMNS,
     HISTOGRAM_FILE,
+    SCORE_COLUMNS,
     SKIP_REASONS,
     TURN_COLUMNS,
     ScoreConfig,
@@ -171,7 +171,7 @@ def test_every_column_equals_per_example_hf_loss(loaded, arch: str, boundary: st
     examples = fixture_examples() + edge_examples(tokenizer)
     cfg = ScoreConfig(boundary=boundary, max_length=max_length, batch_tokens=512)
     scores = score_examples(examples, model, tokenizer, cfg)
-    assert list(scores.columns) == list(COLUMNS)
+    assert list(scores.columns) == list(SCORE_COLUMNS)
     assert_matches_reference(scores, examples, model, tokenizer, cfg)
     assert (scores["skip_reason"] == "").sum() >= 30  # most records are really compared, not skipped
 
@@ -218,7 +218,7 @@ def test_turns_each_reports_mean_and_max_over_replies(loaded) -> None:
     examples = fixture_examples()
     cfg = ScoreConfig(turns="each", max_length=256)
     scores = score_examples(examples, model, tokenizer, cfg)
-    assert list(scores.columns) == [*COLUMNS, *TURN_COLUMNS]
+    assert list(scores.columns) == [*SCORE_COLUMNS, *TURN_COLUMNS]
     for ex, (_, got) in zip(examples, scores.iterrows(), strict=True):
         parts = [Example(ex.id, u, "", a, ex.history[:i]) for i, (u, a) in enumerate(ex.history)] + [ex]
         wants = [expected_turn(p, model, tokenizer, cfg) for p in parts]
@@ -312,7 +312,7 @@ def test_stage_writes_artifacts_and_fails_above_max_skip_fraction(loaded, model_
     metrics = score_stage(tmp_path / "examples.jsonl", local_spec(model_dirs["gpt2"]), cfg,
                           RuntimeConfig(device="cpu"), out, StageRun(None, "score"))
     scores = pd.read_parquet(out / "scores.parquet")
-    assert list(scores.columns) == list(COLUMNS)
+    assert list(scores.columns) == list(SCORE_COLUMNS)
     pd.testing.assert_frame_equal(scores, score_examples(examples, model, tokenizer, cfg), rtol=1e-6, atol=1e-7)
     assert (out / HISTOGRAM_FILE).stat().st_size > 0
     reasons = scores.loc[scores["skip_reason"] != "", "skip_reason"].value_counts().to_dict()

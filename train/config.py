@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 import torch
 
 from superfilter.errors import ConfigError
+from superfilter.prompts import TEMPLATES
 from superfilter.runtime import choose_dtype
 
 METHODS = ("lora", "full")
-TEMPLATES = ("alpaca", "vicuna_v1.1", "chat")
 TRUNCATION = ("truncate", "drop")
 SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")

@@ -7,9 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "train_metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():

@@ -18,6 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from superfilter.artifacts import read_json, write_json_atomic
+from superfilter.contracts import (
+    ADAPTER_DIR,
+    LOSS_CURVE_FILE,
+    MODEL_DIR,
+    MODEL_INFO_FILE,
+    TRAIN_METRICS_FILE,
+    TRAIN_RESULT_FILE,
+)
 from superfilter.data import Example
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, load_model
@@ -32,11 +40,7 @@ from train.schedule import Step, accumulation_steps, plan, rank_micro_batches, s
 log = logging.getLogger(__name__)
 
 JOB_FILE = "train_config.json"  # the exact, resolved training job; every rank reads it
-RESULT_FILE = "train_result.json"  # written last, after model/: its presence means training finished
 SKIPPED_FILE = "skipped.jsonl"  # records the length/template policy left out, with the reason
-MODEL_DIR = "model"  # loadable with AutoModelForCausalLM: full or LoRA-merged weights + tokenizer
-ADAPTER_DIR = "adapter"  # LoRA only: the peft adapter on its own
-MODEL_INFO_FILE = "superfilter_train.json"  # in model/ and adapter/: what evaluation needs, how to rebuild the base
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"  # per rank: which records each step trained on
 CHECKPOINT_DONE = "_COMPLETE"
@@ -83,20 +87,20 @@ def train_stage(
     if runtime.num_processes < 1:
         raise ConfigError(f"runtime.num_processes must be >= 1, got {runtime.num_processes}")
     job = TrainJob(str(Path(subset_path).resolve()), model, cfg, seed, runtime)
-    if (Path(out_dir) / RESULT_FILE).exists():  # finished, killed before the pipeline marked it: redo nothing
+    if (Path(out_dir) / TRAIN_RESULT_FILE).exists():  # finished, killed before the pipeline marked it: redo nothing
         log.info("train: %s already finished", out_dir)
-        return read_json(Path(out_dir) / RESULT_FILE)
+        return read_json(Path(out_dir) / TRAIN_RESULT_FILE)
     job_file = Path(out_dir) / JOB_FILE
     write_json_atomic(job_file, job.to_dict())
     if runtime.num_processes == 1:
         return run(job, Path(out_dir), tracker)
     launch(job_file, runtime.num_processes, resolve_device(runtime.device), cfg.accelerate_config,
            runtime.num_threads)
-    rows = report.read_metrics(Path(out_dir) / report.METRICS_FILE)
+    rows = report.read_metrics(Path(out_dir) / TRAIN_METRICS_FILE)
     for row in rows:
         tracker.log(row, step=row["step"])
-    tracker.image("loss_curve", Path(out_dir) / report.LOSS_CURVE_FILE)
-    return read_json(Path(out_dir) / RESULT_FILE)
+    tracker.image("loss_curve", Path(out_dir) / LOSS_CURVE_FILE)
+    return read_json(Path(out_dir) / TRAIN_RESULT_FILE)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -113,14 +117,14 @@ def run(job: TrainJob, out_dir: Path, tracker: StageRun | None = None) -> dict[s
     n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, job.runtime.num_processes)
     in_process = job.runtime.num_processes == 1
     if in_process:
-        _reset_accelerate()  # the pipeline may train twice in one process, with different settings
+        reset_accelerate()  # the pipeline may train twice in one process, with different settings
     accelerator = make_accelerator(device, cfg, n_micro)
     try:
         check_world_size(accelerator.num_processes, job.runtime.num_processes)
         return _train(job, out_dir, tracker, accelerator, n_micro, started)
     finally:
         if in_process:
-            _reset_accelerate()
+            reset_accelerate()
 
 
 def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, accelerator, n_micro: int,
@@ -151,7 +155,7 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, accelerator, 
 
     done = resume(accelerator, out_dir, steps)
     rank = accelerator.process_index
-    metrics_file = out_dir / report.METRICS_FILE
+    metrics_file = out_dir / TRAIN_METRICS_FILE
     samples_file = out_dir / SAMPLES_DIR / f"rank{rank}.jsonl"
     if accelerator.is_main_process:
         report.truncate_metrics(metrics_file, done)
@@ -197,11 +201,11 @@ def finish(job: TrainJob, out_dir: Path, tracker: StageRun | None, enc_report: E
            run_info: dict[str, Any]) -> dict[str, Any]:
     """Main process, after model/ is written: plot, skipped records, the result file; checkpoints go."""
     cfg = job.train
-    rows = report.read_metrics(out_dir / report.METRICS_FILE)
-    report.plot_loss(rows, out_dir / report.LOSS_CURVE_FILE,
+    rows = report.read_metrics(out_dir / TRAIN_METRICS_FILE)
+    report.plot_loss(rows, out_dir / LOSS_CURVE_FILE,
                      f"{cfg.method} {job.model.name}, {enc_report.n_kept} records, template {cfg.template}")
     if tracker is not None:
-        tracker.image("loss_curve", out_dir / report.LOSS_CURVE_FILE)
+        tracker.image("loss_curve", out_dir / LOSS_CURVE_FILE)
     with open(out_dir / SKIPPED_FILE, "w") as f:
         f.writelines(json.dumps({"id": rid, "reason": reason}) + "\n" for rid, reason in enc_report.skipped)
     result = {
@@ -210,7 +214,7 @@ def finish(job: TrainJob, out_dir: Path, tracker: StageRun | None, enc_report: E
         "n_steps": len(steps), "epochs_done": len(steps) / steps_per_epoch(enc_report.n_kept, cfg.batch_size),
         **run_info, **report.summarize(rows),
     }
-    write_json_atomic(out_dir / RESULT_FILE, result)
+    write_json_atomic(out_dir / TRAIN_RESULT_FILE, result)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the final model supersedes them
     return result
 
@@ -364,7 +368,7 @@ def check_world_size(actual: int, expected: int) -> None:
         )
 
 
-def _reset_accelerate() -> None:
+def reset_accelerate() -> None:
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)

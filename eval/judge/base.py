@@ -236,7 +236,7 @@ def judge_label(cfg: JudgeConfig) -> str:
     return {"openai": cfg.api_model, "hf": cfg.model.name}.get(cfg.backend, cfg.backend)
 
 
-JudgeFactory = Callable[[JudgeConfig, str, int, float], Judge]  # (config, device, concurrency, backoff_s)
+JudgeFactory = Callable[[JudgeConfig, str], Judge]  # (config, device)
 JUDGES: dict[str, JudgeFactory] = {}
 
 
@@ -252,7 +252,7 @@ def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
     return add
 
 
-def make_judge(cfg: JudgeConfig, device: str = "cpu", concurrency: int = 8, backoff_s: float = 1.0) -> Judge:
+def make_judge(cfg: JudgeConfig, device: str = "cpu") -> Judge:
     if cfg.backend not in JUDGES:
         raise ConfigError(f"eval.judge.backend: unknown {cfg.backend!r}; choose from {sorted(JUDGES)}")
-    return JUDGES[cfg.backend](cfg, device, concurrency, backoff_s)
+    return JUDGES[cfg.backend](cfg, device)

@@ -44,5 +44,5 @@ class FakeJudge:
 
 
 @register_judge("fake")
-def _fake(cfg: JudgeConfig, device: str, concurrency: int, backoff_s: float) -> FakeJudge:
+def _fake(cfg: JudgeConfig, device: str) -> FakeJudge:
     return FakeJudge()

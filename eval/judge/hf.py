@@ -176,5 +176,5 @@ def _expected(probs: Sequence[float]) -> float:
 
 
 @register_judge("hf")
-def _hf(cfg: JudgeConfig, device: str, concurrency: int, backoff_s: float) -> HFJudge:
+def _hf(cfg: JudgeConfig, device: str) -> HFJudge:
     return HFJudge(cfg, device)

@@ -27,10 +27,8 @@ class _GaveUp(Exception):
 class OpenAIJudge:
     name = "openai"
 
-    def __init__(self, cfg: JudgeConfig, concurrency: int = 8, backoff_s: float = 1.0) -> None:
+    def __init__(self, cfg: JudgeConfig) -> None:
         self.cfg = cfg
-        self.concurrency = concurrency
-        self.backoff_s = backoff_s
         self.retries: Counter[str] = Counter()
         self.http_requests = 0
         self.failed = 0
@@ -63,7 +61,7 @@ class OpenAIJudge:
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limit = asyncio.Semaphore(self.concurrency)
+        limit = asyncio.Semaphore(self.cfg.concurrency)
         failures: list[str] = []
         async with httpx.AsyncClient(base_url=self.cfg.base_url.rstrip("/"), headers=headers,
                                      timeout=self.cfg.timeout_s) as client:
@@ -120,7 +118,7 @@ class OpenAIJudge:
             self.retries[reason] += 1
             if attempt == self.cfg.max_retries:
                 raise _GaveUp(reason)
-            await asyncio.sleep(min(MAX_BACKOFF_S, max(retry_after, self.backoff_s * 2**attempt)))
+            await asyncio.sleep(min(MAX_BACKOFF_S, max(retry_after, self.cfg.backoff_s * 2**attempt)))
         raise AssertionError("unreachable")
 
     def _annotation(self, key: str, kind: str, payload: dict[str, Any]) -> Annotation:
@@ -183,5 +181,5 @@ def alpaca_eval_2_preference(logprobs: Any) -> float | None:
 
 
 @register_judge("openai")
-def _openai(cfg: JudgeConfig, device: str, concurrency: int, backoff_s: float) -> OpenAIJudge:
-    return OpenAIJudge(cfg, concurrency, backoff_s)
+def _openai(cfg: JudgeConfig, device: str) -> OpenAIJudge:
+    return OpenAIJudge(cfg)

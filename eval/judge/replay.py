@@ -94,7 +94,7 @@ class ReplayJudge:
 
 
 @register_judge("replay")
-def _replay(cfg: JudgeConfig, device: str, concurrency: int, backoff_s: float) -> ReplayJudge:
+def _replay(cfg: JudgeConfig, device: str) -> ReplayJudge:
     from superfilter.data import resolve_path
 
     return ReplayJudge([resolve_path(f) for f in cfg.replay_files])

@@ -48,6 +48,14 @@ def math_results(doc, results):
     return process_results(doc, results)
 
 
+def math_verify_results(doc, results):
+    """math-verify's symbolic equivalence of the reply's final answer and the reference, plus lm-eval's string match."""
+    from math_verify import parse, verify
+
+    gold = parse(f"${doc['answer']}$")
+    return {"math_verify": float(bool(gold) and verify(gold, parse(results[0]))), **math_results(doc, results)}
+
+
 def humaneval_results(doc, results):
     """pass@1 of a greedy completion: prompt + completion + the tests run in a fresh interpreter within a timeout."""
     program = f"{doc['prompt']}{results[0]}\n\n{doc['test']}\ncheck({doc['entry_point']})\n"

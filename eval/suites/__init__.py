@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from superfilter.contracts import EVAL_DIR, JUDGE_ANNOTATIONS_FILE, JUDGE_DIR
 from superfilter.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class Context:
 
     @property
     def eval_dir(self) -> Path:
-        return self.out_dir / "eval"
+        return self.out_dir / EVAL_DIR
 
     def limit(self, own: int) -> int:
         """A suite's own limit, else eval.limit (0 = everything)."""
@@ -155,16 +156,15 @@ class Context:
         if self._judge is None:
             from eval.judge import make_judge
 
-            self._judge = make_judge(self.cfg.judge, self.device, self.cfg.judge_concurrency,
-                                     self.cfg.judge_backoff_s)
+            self._judge = make_judge(self.cfg.judge, self.device)
         return self._judge
 
     def judge_all(self, label: str, requests: list[JudgeRequest]) -> list[Annotation]:
         """Annotations in request order, from the stage's and the shared cache where present; summary under label."""
         from eval.judge import AnnotationCache, judge_all
 
-        caches = [AnnotationCache(self.out_dir / "judge" / "annotations.jsonl"),
-                  AnnotationCache(self.cache_root / "judge" / "annotations.jsonl")]
+        caches = [AnnotationCache(self.out_dir / JUDGE_DIR / JUDGE_ANNOTATIONS_FILE),
+                  AnnotationCache(self.cache_root / JUDGE_DIR / JUDGE_ANNOTATIONS_FILE)]
         annotations, summary = judge_all(self.judge, requests, caches)
         self.judge_summaries[label] = summary
         return annotations

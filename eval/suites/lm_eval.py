@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ def validate(cfg: LmEvalConfig, eval_cfg: Any) -> None:
             raise ConfigError(f"{where}.batch_size must be >= 0 (0 = eval.lm_eval_batch_size)")
         if entry.fewshot_as_multiturn and not entry.apply_chat_template:
             raise ConfigError(f"{where}.fewshot_as_multiturn=true needs {where}.apply_chat_template=true")
+        if entry.task == "math500_verify_local" and importlib.util.find_spec("math_verify") is None:
+            raise ConfigError(f"{where}.task=math500_verify_local needs math-verify: pip install 'superfilter[math]'")
         if is_code_task(entry.task) and not cfg.allow_code_execution:
             raise ConfigError(f"{where}.task={entry.task} executes model-written code; allow it with "
                               "eval.lm_eval.allow_code_execution=true")
@@ -93,8 +96,11 @@ def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, s
     from eval.harness import hub_reachable
 
     needs_hub = [e.task for e in cfg.tasks if not is_local(e.task)]
-    if needs_hub and cfg.source == "auto" and hub is None:
+    if needs_hub and cfg.source != "local" and hub is None:
         hub = hub_reachable()
+    if needs_hub and cfg.source == "hub" and not hub:
+        raise ConfigError(f"eval.lm_eval.source=hub but the Hub is unreachable (tasks {', '.join(needs_hub)}); "
+                          "set eval.lm_eval.source=auto to run their local copies where they exist")
     use_hub = cfg.source == "hub" or (cfg.source == "auto" and bool(hub))
     planned = []
     for i, entry in enumerate(cfg.tasks):
@@ -142,16 +148,15 @@ def load(ctx: Context, cfg: LmEvalConfig) -> tuple[Any, Any]:
     from peft import PeftModel
 
     from eval.generation import load_tokenizer
+    from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
     from superfilter.models import ModelConfig, load_model
 
-    adapter = ctx.model_dir / "adapter"
-    config = ctx.model_dir / "config.json"
-    if not adapter.is_dir() or not config.is_file():
+    adapter = ctx.model_dir / ADAPTER_DIR
+    info = adapter / MODEL_INFO_FILE
+    if not info.is_file():
         raise DataError(f"{ctx.model_dir}: eval.lm_eval.weights=adapter needs a LoRA train stage folder "
-                        "(adapter/ and config.json); use weights=merged")
-    spec = json.loads(config.read_text())["params"]["model"]
-    known = set(ModelConfig.__dataclass_fields__)
-    base, _ = load_model(ModelConfig(**{k: v for k, v in spec.items() if k in known}), ctx.device)
+                        f"({ADAPTER_DIR}/{MODEL_INFO_FILE}); use weights=merged")
+    base, _ = load_model(ModelConfig(**json.loads(info.read_text())["base_model_spec"]), ctx.device)
     return PeftModel.from_pretrained(base, str(adapter)), load_tokenizer(ctx.model_dir)
 
 
@@ -265,10 +270,16 @@ def run(ctx: Context, cfg: LmEvalConfig) -> Result:
         if limited else []
     summary = [f"### lm-eval tasks (lm-eval {result['lm_eval_version']}, {ctx.device}, {cfg.weights} weights)", "",
                *rows]
-    return Result(result=result, metrics={e["task"]: e["headline"] for e in entries},
-                  headline={f"lm_eval/{e['task']}/{e['headline']['metric']}": e["headline"]["value"]
-                            for e in entries if e["headline"]["value"] is not None},
+    labels = entry_labels([e["task"] for e in entries])
+    return Result(result=result, metrics={label: e["headline"] for label, e in zip(labels, entries, strict=True)},
+                  headline={f"lm_eval/{label}/{e['headline']['metric']}": e["headline"]["value"]
+                            for label, e in zip(labels, entries, strict=True) if e["headline"]["value"] is not None},
                   summary=summary, notes=notes)
+
+
+def entry_labels(tasks: list[str]) -> list[str]:
+    """The task name, or `<task>#<entry index>` when several entries run the same task (e.g. two shot counts)."""
+    return [t if tasks.count(t) == 1 else f"{t}#{i}" for i, t in enumerate(tasks)]
 
 
 def _cell(value: float | None) -> str:

@@ -23,6 +23,7 @@ import pandas as pd
 from superfilter import pipeline
 from superfilter.config import Config, to_config
 from superfilter.consistency import RATIOS, consistency, markdown_table, scatter_plot
+from superfilter.contracts import DEFAULT_MODEL, SCORES_FILE
 from superfilter.presets import compose_config
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="alpaca_5k", help="a conf/data option")
     parser.add_argument("--limit", type=int, default=1000, help="first N records (0 = all)")
-    parser.add_argument("--weak", default="smollm2_135m", help="a conf/model name")
+    parser.add_argument("--weak", default=DEFAULT_MODEL, help="a conf/model name")
     parser.add_argument("--strong", default="gemma3_270m", help="a conf/model name")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -64,7 +65,7 @@ def main() -> None:
         scores = pipeline.score(cfg, examples, model)
         runs[role] = {"model": name, "artifact": str(scores.path), "cache_hit": scores.cached,
                       "seconds_this_call": round(time.perf_counter() - t0, 1), **timing(scores.metrics)}
-        tables[role] = pd.read_parquet(scores.path / "scores.parquet")
+        tables[role] = pd.read_parquet(scores.path / SCORES_FILE)
         log.info("%s scores (%s): %s", role, name, runs[role])
 
     report = consistency(tables["weak"], tables["strong"], ratios=RATIOS, seed=args.seed)

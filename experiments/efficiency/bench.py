@@ -12,6 +12,7 @@ import argparse
 import statistics
 import time
 
+from superfilter.contracts import DEFAULT_MODEL
 from superfilter.data import DataConfig, load_examples
 from superfilter.models import load_model, model_from_name
 from superfilter.scoring import ScoreConfig, score_examples
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/alpaca_5000.json", help="an Alpaca-format file")
     parser.add_argument("--records", type=int, default=24, help="the first N records")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--weak", default="smollm2_135m")
+    parser.add_argument("--weak", default=DEFAULT_MODEL)
     parser.add_argument("--strong", default="gemma3_270m")
     args = parser.parse_args()
 

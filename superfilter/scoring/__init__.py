@@ -5,13 +5,12 @@ tables (per-record values, in memory) → shards (resumable files) / launcher + 
 plots → stage (the pipeline's score stage).
 """
 
+from superfilter.contracts import SCORE_COLUMNS, TURN_COLUMNS
 from superfilter.scoring.config import (
     AUTO_BATCH_TOKENS,
     BOUNDARIES,
-    COLUMNS,
     IFD_FORMS,
     SKIP_REASONS,
-    TURN_COLUMNS,
     TURN_MODES,
     ScoreConfig,
 )
@@ -32,7 +31,7 @@ from superfilter.scoring.stage import score_metrics, score_stage
 from superfilter.scoring.tables import ifd_values, score_examples, score_records
 
 __all__ = [
-    "AUTO_BATCH_TOKENS", "BOUNDARIES", "COLUMNS", "HISTOGRAM_FILE", "IFD_FORMS", "LAYOUT_FILE", "SHARD_DIR",
+    "AUTO_BATCH_TOKENS", "BOUNDARIES", "HISTOGRAM_FILE", "IFD_FORMS", "LAYOUT_FILE", "SCORE_COLUMNS", "SHARD_DIR",
     "SKIP_REASONS", "TURN_COLUMNS", "TURN_MODES", "WORKER_JOB_FILE", "Engine", "ExampleFile", "Pass", "ScoreConfig",
     "Tokenization", "TurnPlan", "TurnText", "balance_shards", "batch_nll", "ifd_values", "launch_workers",
     "make_engine", "marker_path", "merge_shards", "pass_losses", "plan_records", "plot_ifd_histogram",

@@ -11,9 +11,6 @@ from superfilter.prompts import SCORING_MODES
 IFD_FORMS = ("ppl_ratio", "loss_ratio")
 TURN_MODES = ("last", "each")
 BOUNDARIES = ("reference", "exact")
-COLUMNS = ("id", "n_prompt_tokens", "n_response_tokens", "loss_direct", "loss_conditioned", "ppl_direct",
-           "ppl_conditioned", "ifd", "skip_reason")
-TURN_COLUMNS = ("ifd_max", "n_turns", "n_turns_scored")  # added when turns=each
 SKIP_REASONS = {
     "empty_response": "the response is empty, or only whitespace and invisible characters",
     "prompt_too_long": "the prompt alone has more than max_length tokens",

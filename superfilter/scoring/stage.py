@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from superfilter.contracts import SCORES_FILE
 from superfilter.errors import ConfigError, UserError
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig, choose_dtype, resolve_device
@@ -96,7 +97,7 @@ def score_stage(
         score_shards_to_dir(engine, examples, layout, todo, cfg, shard_dir, progress=True)
         seconds = time.perf_counter() - started
     merged = merge_shards(shard_dir, layout, len(examples))
-    write_parquet_atomic(merged, Path(out_dir) / "scores.parquet")
+    write_parquet_atomic(merged, Path(out_dir) / SCORES_FILE)
     scores = merged.select(["id", "n_response_tokens", "ifd", "skip_reason"]).to_pandas()
     del merged
     metrics = score_metrics(scores, cfg)
@@ -114,7 +115,7 @@ def score_stage(
         # Nothing to select from, whatever max_skip_fraction allows: stop here rather than hand on an empty ranking.
         reasons = "; ".join(f"{n} {k} ({SKIP_REASONS.get(k, '')})" for k, n in metrics["skip_reasons"].items())
         raise UserError(f"none of the {metrics['n_records']} records could be scored: {reasons}; each record's "
-                        f"skip_reason is in {Path(out_dir) / 'scores.parquet'}")
+                        f"skip_reason is in {Path(out_dir) / SCORES_FILE}")
     histogram = Path(out_dir) / HISTOGRAM_FILE
     plot_ifd_histogram(scores, histogram, f"{model.name} IFD ({cfg.ifd_form})")
     tracker.image("ifd_hist", histogram)
@@ -128,7 +129,7 @@ def score_stage(
         raise UserError(
             f"{metrics['n_skipped']} of {metrics['n_records']} records ({metrics['skip_fraction']:.1%}) could not "
             f"be scored ({metrics['skip_reasons']}), more than score.max_skip_fraction={cfg.max_skip_fraction}; "
-            f"see {Path(out_dir) / 'scores.parquet'}. Raise score.max_length or score.max_skip_fraction, "
+            f"see {Path(out_dir) / SCORES_FILE}. Raise score.max_length or score.max_skip_fraction, "
             "or fix the data"
         )
     return metrics

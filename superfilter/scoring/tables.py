@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from superfilter.contracts import SCORE_COLUMNS, TURN_COLUMNS
 from superfilter.data import Example
-from superfilter.scoring.config import AUTO_BATCH_TOKENS, COLUMNS, TURN_COLUMNS, ScoreConfig
+from superfilter.scoring.config import AUTO_BATCH_TOKENS, ScoreConfig
 from superfilter.scoring.engine import Engine, make_engine, pass_losses
 from superfilter.scoring.plans import TurnPlan, plan_records
 
@@ -50,7 +51,7 @@ def record_table(turns: pd.DataFrame, ids: Sequence[str], each: bool) -> pd.Data
     if not each:
         out = turns.drop(columns="record").reset_index(drop=True)
         out.insert(0, "id", list(ids))
-        return out[list(COLUMNS)]
+        return out[list(SCORE_COLUMNS)]
     scored = turns[turns["skip_reason"] == ""]
     grouped = scored.groupby("record")
     means = grouped[["loss_direct", "loss_conditioned", "ppl_direct", "ppl_conditioned", "ifd"]].mean()
@@ -64,7 +65,7 @@ def record_table(turns: pd.DataFrame, ids: Sequence[str], each: bool) -> pd.Data
     out["ifd_max"] = grouped["ifd"].max().reindex(out.index).to_numpy()
     out["n_turns"] = turns.groupby("record").size().to_numpy()
     out["n_turns_scored"] = grouped.size().reindex(out.index, fill_value=0).to_numpy()
-    return out[[*COLUMNS, *TURN_COLUMNS]]
+    return out[[*SCORE_COLUMNS, *TURN_COLUMNS]]
 
 
 def score_records(engine: Engine, examples: Sequence[Example], cfg: ScoreConfig,
@@ -125,7 +126,7 @@ def score_shard(engine: Engine, examples: Sequence[Example], indices: Sequence[i
 
 def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any, cfg: ScoreConfig | None = None,
                    progress: bool = False) -> pd.DataFrame:
-    """Score records with a loaded (model, tokenizer): one row per record, in input order, columns COLUMNS
+    """Score records with a loaded (model, tokenizer): one row per record, in input order, columns SCORE_COLUMNS
     (+ TURN_COLUMNS for turns=each). Skipped records have NaN values and a skip_reason."""
     cfg = cfg or ScoreConfig()
     cfg.validate()
@@ -134,5 +135,5 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any, cfg:
     with progress_bar(len(examples), progress) as bar:
         frames = [score_shard(engine, examples, shard, cfg, bar) for shard in shards]
     if not frames:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame(columns=list(SCORE_COLUMNS))
     return pd.concat(frames).sort_values("_index").drop(columns="_index").reset_index(drop=True)
