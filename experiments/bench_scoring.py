@@ -128,17 +128,21 @@ def bench_dtypes(examples: list[Example], model, tokenizer, chunks: int, batch_t
         score_examples(examples[:8], m, tokenizer, cfg)
     ifd = {name: np.full(len(examples), np.nan) for name in models}
     rates: dict[str, list[float]] = {name: [] for name in models}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in models}  # records per CPU-second: steadier on a busy host
     bounds = np.linspace(0, len(examples), chunks + 1).astype(int)
     for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         for name in (list(models) if c % 2 == 0 else list(models)[::-1]):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             ifd[name][lo:hi] = score_examples(examples[lo:hi], models[name], tokenizer, cfg)["ifd"].to_numpy()
             rates[name].append((hi - lo) / (time.perf_counter() - started))
+            cpu_rates[name].append((hi - lo) / (time.process_time() - cpu))
         so_far = agreement(ifd["fp32"][:hi], ifd["bf16"][:hi])
         print(f"chunk {c + 1}/{chunks}: " + ", ".join(f"{n} {v[-1]:.2f} rec/s" for n, v in rates.items())
               + f" (load {os.getloadavg()[0]:.1f}); first {hi} records: {json.dumps(so_far)}", flush=True)
     medians = {name: statistics.median(v) for name, v in rates.items()}
+    cpu_medians = {name: statistics.median(v) for name, v in cpu_rates.items()}
     return {"records": len(examples), "rec_s": medians, "bf16_vs_fp32": medians["bf16"] / medians["fp32"],
+            "rec_per_cpu_s": cpu_medians, "bf16_vs_fp32_per_cpu_s": cpu_medians["bf16"] / cpu_medians["fp32"],
             "rates": rates, **agreement(ifd["fp32"], ifd["bf16"])}
 
 
@@ -237,6 +241,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=ScoreConfig.batch_tokens)
     parser.add_argument("--dtype-records", type=int, default=0, help="records for engine fp32 vs bf16 (0 = skip)")
     parser.add_argument("--dtype-chunks", type=int, default=6, help="alternating chunks of the fp32/bf16 run")
+    parser.add_argument("--dtype-offset", type=int, default=0, help="first record of the fp32/bf16 run")
     parser.add_argument("--boundary-records", type=int, default=5000, help="records for the boundary count (0 = skip)")
     parser.add_argument("--boundary-score-limit", type=int, default=100, help="differing records to score both ways")
     parser.add_argument("--memory", type=int, nargs="*", default=[], help="synthetic dataset sizes for peak RSS")
@@ -260,7 +265,8 @@ def main() -> None:
         report["speed"] = bench_speed(examples[:args.records], model, tokenizer, args.repeats, args.batch_tokens)
         print(f"speed: {report['speed']}", flush=True)
     if args.dtype_records:
-        report["dtypes"] = bench_dtypes(examples[:args.dtype_records], model, tokenizer, args.dtype_chunks,
+        chosen = examples[args.dtype_offset:args.dtype_offset + args.dtype_records]
+        report["dtypes"] = bench_dtypes(chosen, model, tokenizer, args.dtype_chunks,
                                         args.batch_tokens)
         print(f"dtypes: {report['dtypes']}", flush=True)
     if args.boundary_records:
