@@ -209,6 +209,7 @@ def report(metrics: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ != "__main__":  # run as a script, the package import has registered this module's twin already
     register(Suite("reference_nll", ReferenceNllConfig, run, validate=validate, preflight=preflight, report=report,
+                   needs_reference=True,  # the paired comparison with the partner, when eval.reference names one
                    description="mean per-token NLL of reference answers in the training template, per item"))
 
 
