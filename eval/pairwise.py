@@ -257,7 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tallies = []
     for path in args.reviews:
-        name, reviews, meta = read_review_log(path)
+        try:
+            name, reviews, meta = read_review_log(path)
+        except DataError as e:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return 2
         margin = args.tie_margin if args.tie_margin is not None else float(meta.get("tie_margin", 0.0))
         tallies.append(tally_reviews(name, reviews, margin))
     total = pooled(tallies)

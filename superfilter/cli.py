@@ -350,6 +350,16 @@ def configure_logging(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def quiet_progress_bars() -> None:
+    """--quiet: no progress bars from the libraries below (Hub downloads, weight loading, GGUF conversion)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub and transformers at import
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm's default for bars that do not pass disable=, read at import
+    if "huggingface_hub" in sys.modules:  # already imported in this process (tests, notebooks)
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status (0, or 2 with a one-line message for anything the user can fix)."""
     parser = build_parser()
@@ -358,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a one-line usage error from Parser.error
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     configure_logging(getattr(args, "quiet", False))
+    if getattr(args, "quiet", False):
+        quiet_progress_bars()
     try:
         COMMANDS[args.command](args)
     except UserError as e:

@@ -160,6 +160,19 @@ def trained_model(cfg: Config, examples: Artifact) -> Artifact:
     return train(cfg, select(cfg, examples, scores_for_selection(cfg, examples)))
 
 
+def needs_partner(cfg: Config) -> bool:
+    """Whether eval trains the partner model: a selected suite compares with it, and it is not this run's own."""
+    from eval import suites
+
+    if cfg.eval.reference in ("none", cfg.filter.name):
+        return False
+    if any(suites.get(name).needs_reference for name in cfg.eval.suites):
+        return True
+    log.info("eval.reference=%s: no partner is trained, none of eval.suites %s compares with one",
+             cfg.eval.reference, list(cfg.eval.suites))
+    return False
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
     done: dict[str, Artifact] = {}
@@ -180,7 +193,7 @@ def run(cfg: Config) -> dict[str, Any]:
         done["train"] = train(cfg, done["select"])
     if "eval" in wanted:
         reference = None
-        if cfg.eval.reference != "none" and cfg.eval.reference != cfg.filter.name:
+        if needs_partner(cfg):
             # Defaults for everything but the budget, so the partner shares its key with `filter=<name>` runs.
             partner_filter = SelectConfig(name=cfg.eval.reference, scorer="none", count=cfg.filter.count,
                                           base=cfg.filter.base)

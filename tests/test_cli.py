@@ -1,6 +1,7 @@
 """The `superfilter` command: filter end to end (in-process and as a real process), formats, inspect, errors."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -139,3 +140,27 @@ def test_readme_commands_run(work, tmp_path, monkeypatch):
         assert main(argv[1:] + tiny) == 0, argv
     outputs = [Path(a[a.index("--out") + 1]) for a in commands if "--out" in a]
     assert outputs and all(p.exists() for p in outputs)
+
+
+def test_quiet_turns_off_the_libraries_progress_bars(work, monkeypatch):
+    import huggingface_hub.utils
+    import transformers
+
+    from superfilter import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "quiet_progress_bars", lambda: calls.append(1))
+    missing = ["score", str(work["root"] / "missing.jsonl"), "--out", str(work["root"] / "out.jsonl")]
+    assert main(missing) == 2 and calls == []
+    assert main([*missing, "--quiet"]) == 2 and calls == [1]
+    monkeypatch.undo()
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    try:
+        cli.quiet_progress_bars()
+        assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        assert huggingface_hub.utils.are_progress_bars_disabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        huggingface_hub.utils.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()

@@ -162,3 +162,16 @@ def test_review_log_meta_info_matches_the_authors_averages(shared_data):
             assert json.loads(ours[key]) == pytest.approx(theirs, abs=1e-9), (log_file.name, key)
         checked += 1
     assert checked >= 1
+
+
+def test_cli_fails_in_one_line_on_a_missing_or_foreign_file(tmp_path, capsys):
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"instruction": "x", "output": "y"}\n{"instruction": "z", "output": "w"}\n')
+    not_a_log = tmp_path / "list.json"
+    not_a_log.write_text("[]")
+    for path, message in [(tmp_path / "missing.json", "missing.json: cannot read review log"),
+                          (records, "records.jsonl: cannot read review log"),
+                          (not_a_log, "the authors' review log format")]:
+        assert pairwise.main([str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m eval.pairwise: error: ") and message in err and err.count("\n") == 1, err

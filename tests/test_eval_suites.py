@@ -144,3 +144,35 @@ def test_the_eval_key_holds_only_the_suites_that_run():
     other.pairwise.limit = 3
     assert key(other) != key(base)
     assert key(EvalConfig(suites=["pairwise", "open_llm"])) != key(base)
+
+
+@pytest.mark.parametrize("chosen, reference, trains_partner", [
+    (["open_llm", "lm_eval"], "random", False),  # no selected suite compares with a partner
+    (["alpaca_eval", "arena_hard"], "full", False),
+    (["open_llm", "pairwise"], "random", True),
+    (["reference_nll"], "full", True),  # its paired comparison
+    (["pairwise"], "none", False),
+])
+def test_the_partner_model_is_trained_only_for_suites_that_compare_with_it(monkeypatch, tmp_path, chosen, reference,
+                                                                            trains_partner):
+    from superfilter import pipeline
+    from superfilter.artifacts import Artifact
+    from superfilter.config import Config
+
+    def fake(stage: str):
+        return lambda cfg, *upstream: Artifact(stage, f"{stage}-{cfg.filter.name}", tmp_path / stage, False)
+
+    partners, evaluated = [], []
+    for stage in ("prepare", "score", "select", "train"):
+        monkeypatch.setattr(pipeline, stage, fake(stage))
+    monkeypatch.setattr(pipeline, "trained_model", lambda cfg, examples: partners.append(cfg.filter.name)
+                        or fake("train")(cfg))
+    monkeypatch.setattr(pipeline, "evaluate", lambda cfg, trained, ref: evaluated.append(ref)
+                        or Artifact("eval", "e", tmp_path / "eval", False))
+    monkeypatch.setattr("eval.stage.check", lambda eval_cfg: None)
+    cfg = Config(artifact_root=str(tmp_path / "artifacts"))
+    cfg.eval.suites, cfg.eval.reference = chosen, reference
+    summary = pipeline.run(cfg)
+    assert partners == ([reference] if trains_partner else [])
+    assert (evaluated[0] is not None) == trains_partner
+    assert ("train_reference" in summary["stages"]) == trains_partner

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval import reference_nll
 from eval.config import EvalConfig
 from eval.stage import eval_stage
-from eval.suites import reference_nll
+from eval.suites import reference_nll as suite
 from eval.suites.reference_nll import ReferenceNllConfig, item_nll, load_items, paired
 from superfilter.errors import DataError
 from superfilter.models import ModelConfig, build_tiny_model, load_model
@@ -93,4 +94,23 @@ def test_arena_hard_answers_and_malformed_files(tmp_path):
     with pytest.raises(DataError, match="bad.json: record 1 needs string fields"):
         load_items(str(bad))
     with pytest.raises(DataError, match="does not exist"):
-        reference_nll.preflight(ReferenceNllConfig(paths=[str(tmp_path / "missing.json")]), None)
+        suite.preflight(ReferenceNllConfig(paths=[str(tmp_path / "missing.json")]), None)
+
+
+def test_the_comparison_command_fails_in_one_line_on_a_wrong_file(tmp_path, capsys):
+    good = tmp_path / "a.jsonl"
+    good.write_text("".join(json.dumps({"id": str(i), "nll_mean": 1.0 + i}) + "\n" for i in range(3)))
+    other = tmp_path / "b.jsonl"
+    other.write_text("".join(json.dumps({"id": str(i), "nll_mean": 1.5}) + "\n" for i in range(3)))
+    assert reference_nll.main([str(good), str(other)]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    unrelated = tmp_path / "c.jsonl"
+    unrelated.write_text(json.dumps({"id": "z", "nll_mean": 1.0}) + "\n")
+    for argv, message in [([good, tmp_path / "missing.jsonl"], "missing.jsonl: no such file"),
+                          ([records, good], "records.jsonl:1: no id or nll_mean field"),
+                          ([good, unrelated], "share no item id")]:
+        assert reference_nll.main([str(p) for p in argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -27,7 +27,8 @@ over what each suite returns.
 
 Optional hooks: `validate(cfg, eval_cfg)` — cheap checks at config time (raise ConfigError naming the key);
 `preflight(cfg, eval_cfg)` — checks that read files or indexes (task names, the Hub) at the start of the stage,
-before any model loads; `needs_reference` — the suite compares with the partner model (eval.reference).
+before any model loads; `needs_reference` — the suite compares with the partner model (eval.reference); the
+pipeline trains the partner only when a selected suite sets it.
 A suite module is imported while `eval.config` builds its schema: import what `run` needs inside the functions,
 not at the top (the top may import only this module and modules that do not import `eval.config`).
 """

@@ -4,17 +4,15 @@ No generation and no judge: each reference answer is scored with the same tokeni
 (train.collate.encode), per item, so two models are compared by paired differences with a standard error.
 It measures how likely the model finds a fixed answer, not how good its own answers are.
 
-    python -m eval.suites.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
+    python -m eval.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
 prints the paired comparison of two evaluations' per-item files.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,21 +205,6 @@ def report(metrics: dict[str, Any]) -> dict[str, Any]:
     return {f"ref NLL {name}": m.get("nll_mean") for name, m in metrics.items() if isinstance(m, dict)}
 
 
-if __name__ != "__main__":  # run as a script, the package import has registered this module's twin already
-    register(Suite("reference_nll", ReferenceNllConfig, run, validate=validate, preflight=preflight, report=report,
-                   description="mean per-token NLL of reference answers in the training template, per item"))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.suites.reference_nll",
-                                     description="Paired comparison of two evaluations' per-item reference NLL.")
-    parser.add_argument("ours", type=Path, help="eval/reference_nll/<set>.jsonl of model A")
-    parser.add_argument("theirs", type=Path, help="the same set's file of model B")
-    args = parser.parse_args(argv)
-    rows = [[json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in (args.ours, args.theirs)]
-    print(json.dumps(paired(*rows), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+register(Suite("reference_nll", ReferenceNllConfig, run, validate=validate, preflight=preflight, report=report,
+               needs_reference=True,  # the paired comparison with the partner, when eval.reference names one
+               description="mean per-token NLL of reference answers in the training template, per item"))
