@@ -130,9 +130,9 @@ def precision_compare(args: argparse.Namespace, cfg: TrainConfig, examples: list
         for name in (list(PRECISIONS) if r % 2 == 0 else list(PRECISIONS)[::-1]):
             dtype, autocast = PRECISIONS[name]
             with tempfile.TemporaryDirectory() as tmp:
-                write_examples(records, Path(tmp) / "subset.jsonl")
+                write_examples(records, Path(tmp) / SUBSET_FILE)
                 (Path(tmp) / "out").mkdir()
-                metrics = sft.train_stage(Path(tmp) / "subset.jsonl", replace(spec, dtype=dtype),
+                metrics = sft.train_stage(Path(tmp) / SUBSET_FILE, replace(spec, dtype=dtype),
                                           replace(cfg, mixed_precision=autocast, max_steps=args.precision_steps),
                                           0, RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
                 rows = report.read_metrics(Path(tmp) / "out" / report.METRICS_FILE)
