@@ -45,7 +45,6 @@ BENCHMARKS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Local files (the upstream releases' layouts) → normalised JSON lines the task YAMLs read.
 
 
@@ -209,7 +208,6 @@ def _write_mmlu(data_dir: Path, subjects: Sequence[str], data_out: Path, out_dir
     return ""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Running lm-eval.
 
 

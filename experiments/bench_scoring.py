@@ -38,7 +38,6 @@ NONE_WITH_INPUT = "{instruction}\n{input}\n"
 NONE_NO_INPUT = "{instruction}\n"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # (a) What the authors' script does per record (Superfiltering code_ifd/data_analysis.py), without its try/except.
 
 
@@ -70,7 +69,6 @@ def authors_loop(examples: list[Example], model, tokenizer, max_length: int) -> 
     return ifd
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Speed: the loop (fp32), the engine in fp32 and in bf16, alternating rounds in one process, same threads.
 
 
@@ -146,7 +144,6 @@ def bench_dtypes(examples: list[Example], model, tokenizer, chunks: int, batch_t
             "rates": rates, **agreement(ifd["fp32"], ifd["bf16"])}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # How often the authors' re-tokenised boundary differs from tokenising prompt and response separately.
 
 
@@ -177,7 +174,6 @@ def _boundary_example(example: Example, prompt: str, tokenizer) -> str:
     return f"joint tokens at the boundary {joint[max(0, n - 2):n + 2]} vs prompt ends {tokenizer.tokenize(text)[-2:]}"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Peak memory of the stage for N synthetic records (a child process per size; the tiny model keeps it quick).
 
 WORDS = ("the of and to in is a for that with as on it be by this are from at an or data model write list give "
@@ -229,7 +225,6 @@ def bench_memory(sizes: list[int]) -> list[dict]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def main() -> None:

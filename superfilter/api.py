@@ -53,7 +53,6 @@ class Records:
         return self.where[i] if self.where else f"{self.kind}[{i}]"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Input and output: a path, a list of dicts, a datasets.Dataset or a pandas DataFrame.
 
 
@@ -150,7 +149,6 @@ def with_columns(records: Records, positions: Sequence[int], table: pd.DataFrame
     return [{**records.rows[p], **scores} for p, scores in zip(positions, values.to_dict("records"), strict=True)]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Options: the score stage's, the runtime's and the selector's, checked by name.
 
 
@@ -220,7 +218,6 @@ def data_config(field_map: Mapping[str, str] | None, fmt: str) -> DataConfig:
     return data
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # The stages, shared with `python run.py`: same keys, same folders, same resume.
 
 
@@ -249,7 +246,6 @@ def score_artifacts(config: Config, records: Records) -> tuple[Artifact, Artifac
     return examples, pipeline.score(config, examples, config.model.weak)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # The public calls.
 
 

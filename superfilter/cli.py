@@ -34,7 +34,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Arguments.
 
 
@@ -148,7 +147,6 @@ def api_options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, "fields": args.fields, "format": args.input_format, "artifact_root": args.artifacts}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Files out.
 
 
@@ -250,7 +248,6 @@ def check_parquet_columns(rows: list[dict[str, Any]], out: Path) -> None:
                             f"({str(e).splitlines()[0][:160]}); write JSON or JSONL instead") from None
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Commands.
 
 

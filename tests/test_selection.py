@@ -181,7 +181,7 @@ def test_score_table_must_match_the_examples() -> None:
         candidate_table(list(EX.values()), foreign)
 
 
-# ---------------------------------------------------------------- facility location
+# Facility location
 
 
 def two_clusters() -> np.ndarray:
@@ -218,7 +218,7 @@ def test_facility_location_matches_plain_greedy() -> None:
         assert facility_location(x, 10, dense_max=dense_max, n_neighbors=10).order == greedy
 
 
-# ---------------------------------------------------------------- the stage, end to end
+# The stage, end to end
 
 
 def tiny_fixture(tmp_path: Path) -> tuple[Path, Path, list[Example]]:

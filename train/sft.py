@@ -103,7 +103,6 @@ def train_stage(
     return read_json(Path(out_dir) / TRAIN_RESULT_FILE)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # One rank's training run.
 
 
@@ -332,7 +331,6 @@ def clip_gradients(accelerator, model, max_norm: float) -> float:
     return float(norm) if norm is not None else math.nan  # DeepSpeed reports no norm here
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Setup: accelerator, inputs, model, optimizer.
 
 
@@ -467,7 +465,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_steps: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Checkpoints and outputs.
 
 

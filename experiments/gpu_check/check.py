@@ -63,7 +63,6 @@ FULL = Sizes(parity_records=48, gpt2_records=5000, llama_records=1000, lora_step
 SMALL = Sizes(parity_records=8, gpt2_records=32, llama_records=16, lora_steps=2, generate_tokens=8)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Installing what is missing, from local wheels.
 
 def missing_requirements() -> list[str]:
@@ -86,7 +85,6 @@ def prepare_wheels(wheels: Path) -> None:
                     str(REQUIREMENTS)], check=True)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Models and data.
 
 def train_tokenizer(texts: list[str], vocab: int):
@@ -143,7 +141,6 @@ def timed(device, run: Callable[[], object]) -> tuple[object, float]:
     return out, time.perf_counter() - started
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # The checks: each returns table rows (check, setting, value, note).
 
 Row = tuple[str, str, str, str]
@@ -283,7 +280,6 @@ def check_smoke(device) -> list[Row]:
     return [("smoke pipeline", f"experiment=smoke runtime.device={device.type}", f"ok in {seconds:.0f} s", "")]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def print_table(rows: list[Row]) -> None:
