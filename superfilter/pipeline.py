@@ -15,7 +15,14 @@ from superfilter.config import Config, as_dict
 from superfilter.contracts import EXAMPLES_FILE, SCORES_FILE, SUBSET_FILE
 from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
 from superfilter.models import ModelConfig
-from superfilter.runtime import RuntimeConfig, choose_dtype, peak_rss_mb, reset_peak_rss, resolve_device
+from superfilter.runtime import (
+    RuntimeConfig,
+    choose_dtype,
+    peak_rss_mb,
+    release_memory,
+    reset_peak_rss,
+    resolve_device,
+)
 from superfilter.selection import SelectConfig
 from superfilter.tracking import stage_run
 from train.config import resolve_mixed_precision
@@ -69,6 +76,7 @@ def train_params(cfg: Config) -> dict[str, Any]:
 
 def _stage(cfg: Config, name: str, params: dict[str, Any], upstream: list[Artifact], build) -> Artifact:
     def tracked_build(out_dir: Path) -> dict[str, Any]:
+        release_memory()  # what earlier stages freed; their models are gone, the allocator still holds the pages
         measured = reset_peak_rss()
         started = time.perf_counter()
         with stage_run(cfg.tracking, name, params, group=cfg.name, root=Path(cfg.artifact_root)) as run:

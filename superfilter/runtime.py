@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -95,6 +98,19 @@ def choose_dtype(name: str, device: torch.device, flags: frozenset[str] | None =
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return choose_dtype(name, device).dtype
+
+
+def release_memory() -> None:
+    """Hand memory freed by a finished stage back to the OS, so the next stage's peak does not stack on it.
+
+    Measured on the embedded default: after a Gemma-3-270M LoRA run the process kept 2.5 GB resident with no
+    tensor alive (glibc keeps freed heap pages on its free lists); gc plus malloc_trim brings it to 1.2 GB.
+    """
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only; other allocators return memory themselves
+        libc.malloc_trim(0)
 
 
 def reset_peak_rss() -> bool:

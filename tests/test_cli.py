@@ -13,6 +13,7 @@ import pytest
 
 import superfilter
 from superfilter.cli import main
+from superfilter.scoring.tables import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 N_RECORDS = 8
@@ -161,6 +162,7 @@ def test_quiet_turns_off_the_libraries_progress_bars(work, monkeypatch):
         assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
         assert huggingface_hub.utils.are_progress_bars_disabled()
         assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert progress_bar(3, enabled=True).disable  # the scoring bar as well
     finally:
         huggingface_hub.utils.enable_progress_bars()
         transformers.utils.logging.enable_progress_bar()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,9 +107,11 @@ def plan_shards(costs: Sequence[float] | np.ndarray, shard_size: int) -> list[li
 
 
 def progress_bar(total: int, enabled: bool, position: int = 0):
+    """The scoring bar; tqdm's own switch TQDM_DISABLE (set by `superfilter ... --quiet`) turns it off too."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="rec", desc="score", disable=not enabled, dynamic_ncols=True, position=position,
+    disabled = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    return tqdm(total=total, unit="rec", desc="score", disable=disabled, dynamic_ncols=True, position=position,
                 smoothing=0.05, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
 
 
