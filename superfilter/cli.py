@@ -17,14 +17,13 @@ import yaml
 from superfilter.artifacts import check_root
 from superfilter.contracts import DEFAULT_MODEL
 from superfilter.data import FORMATS, check_source_file, file_container
-from superfilter.errors import DataError, UserError
+from superfilter.errors import EXIT_USER_ERROR, DataError, UserError
 
 log = logging.getLogger("superfilter")
 
 CONTAINERS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 OUTPUT_FORMATS = ("json", "jsonl", "parquet", "alpaca", "sharegpt")
 PREVIEW_CHARS = 70
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 

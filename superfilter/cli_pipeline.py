@@ -13,10 +13,9 @@ from omegaconf import DictConfig
 from superfilter.artifacts import write_json_atomic
 from superfilter.config import to_config
 from superfilter.contracts import EVAL_DIR, EVAL_SUMMARY_FILE, RUN_SUMMARY_FILE
-from superfilter.errors import UserError
+from superfilter.errors import EXIT_USER_ERROR, UserError
 
 log = logging.getLogger("superfilter")
-EXIT_USER_ERROR = 2
 
 
 def run_from_hydra(cfg: DictConfig) -> dict:

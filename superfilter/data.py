@@ -199,16 +199,12 @@ def lone_surrogate_field(record: Any) -> str | None:
     return None
 
 
-def surrogate_error(where: str, field_path: str) -> DataError:
-    return DataError(f"{where}: field {field_path!r} holds a lone UTF-16 surrogate (an escape like \\ud800 without "
-                     "its pair): not valid Unicode text; remove or fix it")
-
-
 def check_encodable(record: Any, where: str) -> None:
     """A lone surrogate ("\\ud800" is valid JSON) is not Unicode text: it could be neither hashed nor written."""
     field_path = lone_surrogate_field(record)
     if field_path is not None:
-        raise surrogate_error(where, field_path)
+        raise DataError(f"{where}: field {field_path!r} holds a lone UTF-16 surrogate (an escape like \\ud800 "
+                        "without its pair): not valid Unicode text; remove or fix it")
 
 
 def _json_error(e: json.JSONDecodeError) -> str:
@@ -462,12 +458,12 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
     for lineno, record in records:
         if cfg.limit and len(examples) >= cfg.limit:
             break
-        ex = parse_record(record, cfg.format, cfg.fields,
-                          f"{label}[{lineno - 1}]" if label else f"{source}:{lineno}", counts)
+        where = f"{label}[{lineno - 1}]" if label else f"{source}:{lineno}"
+        ex = parse_record(record, cfg.format, cfg.fields, where, counts)
         if ex.id in seen:
             report.n_duplicates += 1
             if len(report.duplicate_examples) < 5:
-                name = f"{label}[{lineno - 1}]" if label else f"line {lineno}"
+                name = where if label else f"line {lineno}"
                 report.duplicate_examples.append(f"{name}: {ex.instruction[:60]!r}")
             continue
         seen.add(ex.id)
