@@ -104,14 +104,6 @@ def _p_model(instruction: str, annotation: Annotation) -> float | None:
     return 1.0 - annotation.p_second if model_first(instruction) else annotation.p_second
 
 
-def win_rate(reference: Sequence[dict[str, str]], judged: Sequence[Annotation]) -> dict[str, Any]:
-    """Win rate (%) and its standard error; unreadable verdicts are counted and left out, not scored 50%."""
-    preferences = [None if (x := _p_model(r["instruction"], a)) is None else 1.0 + x
-                   for r, a in zip(reference, judged, strict=True)]
-    rate = head_to_head(preferences)
-    return {**rate, "n": rate["n_total"], "unparseable": len(judged) - rate["n_total"]}
-
-
 def head_to_head(preferences: Sequence[float | None]) -> dict[str, Any]:
     """alpaca_eval's AbsoluteScoringRule.describe_head2head: preferences in [1, 2] (2 = the model), 0 or 1.5 a draw,
     None/NaN left out; win rate = 100 * mean(preference - 1), standard error = 100 * its sem (ddof 1)."""

@@ -30,10 +30,11 @@ def is_code_task(name: str) -> bool:
     return name.startswith(CODE_TASK_PREFIXES)
 
 
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return path
 
 
 def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
@@ -68,7 +69,7 @@ class LocalTask:
 
     def write(self, data_dir: Path, out_dir: Path) -> None:
         for written, (source, fields) in self.files.items():
-            _write_jsonl(out_dir / "data" / written, _read_jsonl(data_dir / source, fields))
+            write_jsonl(out_dir / "data" / written, _read_jsonl(data_dir / source, fields))
         shutil.copy(TASK_DIR / f"{self.name}.yaml", out_dir / f"{self.name}.yaml")
 
 
@@ -121,8 +122,6 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return httpx.head(f"{endpoint}/api/datasets/allenai/ai2_arc", timeout=timeout_s).status_code < 500
     except httpx.HTTPError:
         return False
-
-
 
 
 def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) -> Any:
@@ -184,7 +183,6 @@ def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) 
                 return answers
 
     return PrefixSharingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-
 
 
 def make_lm(model: Any, tokenizer: Any, device: str, batch_size: int, share_prefix: bool = True) -> Any:

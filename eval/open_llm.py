@@ -17,7 +17,7 @@ import yaml
 
 from eval import harness
 from eval.config import OpenLLMConfig
-from eval.harness import TASK_DIR, TASKS_FOLDER, hub_reachable, prefix_sharing_lm
+from eval.harness import TASK_DIR, TASKS_FOLDER, hub_reachable, prefix_sharing_lm, write_jsonl
 from superfilter.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,6 @@ BENCHMARKS = {
 
 
 # Local files (the upstream releases' layouts) → normalised JSON lines the task YAMLs read.
-
-
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return path
 
 
 def hellaswag_records(path: Path) -> list[dict[str, Any]]:
@@ -162,20 +155,20 @@ def _write_single(name: str, data_dir: Path, data_out: Path) -> str:
         source = _first(data_dir / "hellaswag", ["hellaswag_val*.txt.bz2", "hellaswag_val*.txt"])
         if source is None:
             return f"no {data_dir}/hellaswag/hellaswag_val*.txt[.bz2]"
-        _write_jsonl(data_out / "hellaswag.jsonl", hellaswag_records(source))
+        write_jsonl(data_out / "hellaswag.jsonl", hellaswag_records(source))
     elif name == "truthfulqa_mc2":
         source = data_dir / "truthfulqa" / "TruthfulQA.csv"
         if not source.is_file():
             return f"no {source}"
-        _write_jsonl(data_out / "truthfulqa.jsonl", truthfulqa_records(source))
+        write_jsonl(data_out / "truthfulqa.jsonl", truthfulqa_records(source))
     elif name == "arc_challenge":
         test = _first(data_dir / "arc_challenge", ["*[Tt]est*.jsonl"])
         train = _first(data_dir / "arc_challenge", ["*[Tt]rain*.jsonl"])
         if test is None or train is None:
             return (f"ARC-Challenge is not available offline (no {data_dir}/arc_challenge/*test*.jsonl and "
                     "*train*.jsonl); it runs from the Hub (allenai/ai2_arc) when the Hub is reachable")
-        _write_jsonl(data_out / "arc_challenge_test.jsonl", arc_records(test))
-        _write_jsonl(data_out / "arc_challenge_train.jsonl", arc_records(train))
+        write_jsonl(data_out / "arc_challenge_test.jsonl", arc_records(test))
+        write_jsonl(data_out / "arc_challenge_train.jsonl", arc_records(train))
     return ""
 
 
@@ -193,7 +186,7 @@ def _write_mmlu(data_dir: Path, subjects: Sequence[str], data_out: Path, out_dir
         dev = data_dir / "mmlu" / "dev" / f"{subject}_dev.csv"
         if not dev.is_file():
             raise DataError(f"{dev}: no such file (MMLU's 5 few-shot examples per subject)")
-        files = {split: str(_write_jsonl(data_out / "mmlu" / f"{subject}_{split}.jsonl",
+        files = {split: str(write_jsonl(data_out / "mmlu" / f"{subject}_{split}.jsonl",
                                          mmlu_records(data_dir / "mmlu" / split / f"{subject}_{split}.csv"))
                             .relative_to(out_dir)) for split in ("test", "dev")}
         spec = {"include": "_mmlu_local_template_yaml", "task": f"mmlu_local_{subject}", "task_alias": subject,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from superfilter.data import iter_raw_records
 from superfilter.errors import DataError
 
 FIELDS = ("id", "nll_mean")
@@ -22,13 +23,7 @@ def read_items(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected eval/reference_nll/<set>.jsonl of an evaluation)")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+    for number, row in iter_raw_records(path):
         missing = [f for f in FIELDS if not isinstance(row, dict) or f not in row]
         if missing:
             raise DataError(f"{path}:{number}: no {' or '.join(missing)} field: not a reference_nll per-item file")

@@ -199,8 +199,6 @@ def test_openai_backend_needs_the_key_for_the_openai_endpoint(monkeypatch):
         OpenAIJudge(JudgeConfig(backend="openai"))
 
 
-
-
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory) -> HFJudge:
     folder = build_tiny_model("llama", tmp_path_factory.mktemp("judge") / "tiny")

@@ -15,7 +15,6 @@ from eval.generation import Prompt
 from eval.stage import eval_stage
 from eval.suites import Context, Prompts, Result, Suite, Table
 from superfilter.errors import ConfigError
-from superfilter.models import build_tiny_model
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
 
@@ -60,14 +59,6 @@ class Recorder(StageRun):
         self.calls.append(("image", name))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("train") / "model-run"
-    build_tiny_model("llama", folder / "model", seed=3)
-    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
-    return folder
-
-
 def test_every_suite_module_has_a_config_section():
     names = {f.name for f in dataclasses.fields(EvalConfig)}
     assert {"pairwise", "alpaca_eval", "open_llm"} <= set(suites.REGISTRY) <= names
@@ -75,11 +66,11 @@ def test_every_suite_module_has_a_config_section():
         assert isinstance(getattr(EvalConfig(), name), suite.schema)
 
 
-def test_a_suite_registered_elsewhere_runs_in_the_stage(echo_suite, trained, tmp_path):
+def test_a_suite_registered_elsewhere_runs_in_the_stage(echo_suite, tiny_train_folder, tmp_path):
     cfg = EvalConfig(suites=["echo"], reference="none", generation=GenerationConfig(max_new_tokens=4))
     tracker = Recorder()
     out = tmp_path / "eval" / "k.partial"
-    metrics = eval_stage(trained, None, cfg, RuntimeConfig(device="cpu"), out, tracker)
+    metrics = eval_stage(tiny_train_folder, None, cfg, RuntimeConfig(device="cpu"), out, tracker)
     result = json.loads((out / "eval" / "echo.json").read_text())
     assert len(result["answers"]) == 2 and metrics["echo"] == {"share": result["share"]}
     assert "### Echo" in (out / "eval" / "summary.md").read_text()
@@ -167,7 +158,7 @@ def test_the_partner_model_is_trained_only_for_suites_that_compare_with_it(monke
         monkeypatch.setattr(pipeline, stage, fake(stage))
     monkeypatch.setattr(pipeline, "trained_model", lambda cfg, examples: partners.append(cfg.filter.name)
                         or fake("train")(cfg))
-    monkeypatch.setattr(pipeline, "evaluate", lambda cfg, trained, ref: evaluated.append(ref)
+    monkeypatch.setattr(pipeline, "evaluate", lambda cfg, tiny_train_folder, ref: evaluated.append(ref)
                         or Artifact("eval", "e", tmp_path / "eval", False))
     monkeypatch.setattr("eval.stage.check", lambda eval_cfg: None)
     cfg = Config(artifact_root=str(tmp_path / "artifacts"))

@@ -17,7 +17,6 @@ from eval.stage import eval_stage
 from eval.suites import lm_eval as lm_eval_suite
 from superfilter.config import register_configs, to_config
 from superfilter.errors import ConfigError
-from superfilter.models import build_tiny_model
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
 
@@ -63,21 +62,13 @@ def serve_fixtures(monkeypatch) -> None:
     monkeypatch.setattr("eval.harness.hub_reachable", lambda timeout_s=3.0: True)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model-run"
-    build_tiny_model("llama", folder / "model", seed=9)
-    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "vicuna_v1.1"}))
-    return folder
-
-
 def test_there_is_a_preset_per_setting():
     assert PRESETS == ["code", "dolly", "finance", "general", "math", "medical"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_evaluation_runs_end_to_end_on_a_tiny_model(name, trained, tmp_path, monkeypatch):
+def test_preset_evaluation_runs_end_to_end_on_a_tiny_model(name, tiny_train_folder, tmp_path, monkeypatch):
     cfg = compose_preset(name)
     assert cfg.name == f"bench_{name}" and cfg.eval.suites and cfg.model.strong.source == "hub"
     shrink(cfg)
@@ -91,7 +82,7 @@ def test_preset_evaluation_runs_end_to_end_on_a_tiny_model(name, trained, tmp_pa
     else:
         serve_fixtures(monkeypatch)
     out = tmp_path / "eval" / "k.partial"
-    metrics = eval_stage(trained, None, cfg.eval, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+    metrics = eval_stage(tiny_train_folder, None, cfg.eval, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
     assert set(cfg.eval.suites) <= set(metrics)
     for suite in cfg.eval.suites:
         assert (out / "eval" / f"{suite}.json").is_file()

@@ -25,33 +25,25 @@ PROJECT = Path(__file__).resolve().parents[1]
 TASKS_SRC = PROJECT / "eval" / "lm_eval_tasks"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("artifacts") / "train" / "model-run"
-    build_tiny_model("llama", folder / "model", seed=5)
-    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
-    return folder
-
-
 def _cfg(*tasks: LmEvalTask, **options) -> EvalConfig:
     cfg = EvalConfig(suites=["lm_eval"], reference="none")
     cfg.lm_eval = LmEvalConfig(tasks=list(tasks), **options)
     return cfg
 
 
-def _stage(trained: Path, cfg: EvalConfig, out: Path) -> dict:
-    return eval_stage(trained, None, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+def _stage(model_dir: Path, cfg: EvalConfig, out: Path) -> dict:
+    return eval_stage(model_dir, None, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
 
 
 @pytest.mark.slow
-def test_local_tasks_keep_lm_eval_metric_names_and_record_settings(trained, tmp_path):
+def test_local_tasks_keep_lm_eval_metric_names_and_record_settings(tiny_train_folder, tmp_path):
     short = {"max_gen_toks": 12}
     cfg = _cfg(LmEvalTask("gsm8k", num_fewshot=2, limit=2, gen_kwargs=short),
                LmEvalTask("hendrycks_math500_local", limit=2, gen_kwargs=short),
                LmEvalTask("humaneval_local", limit=2, gen_kwargs=short),
                allow_code_execution=True)
     out = tmp_path / "eval" / "a.partial"
-    metrics = _stage(trained, cfg, out)
+    metrics = _stage(tiny_train_folder, cfg, out)
     result = json.loads((out / "eval" / "lm_eval.json").read_text())
     gsm8k, math500, humaneval = result["tasks"]
     # Offline, the Hub task runs as its local copy; lm-eval's metric and filter names are kept.
@@ -73,20 +65,20 @@ def test_local_tasks_keep_lm_eval_metric_names_and_record_settings(trained, tmp_
 
 
 @pytest.mark.slow
-def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(trained, tmp_path):
+def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(tiny_train_folder, tmp_path):
     """Same numbers three ways: the open_llm suite, lm_eval entries with the leaderboard's shots, and a stock
     lm-eval HFLM over the same task files (the path the open_llm suite took before it was built on lm_eval)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    model, tokenizer = load_model(ModelConfig(source="local", path=str(trained / "model")), "cpu")
+    model, tokenizer = load_model(ModelConfig(source="local", path=str(tiny_train_folder / "model")), "cpu")
     data = PROJECT / "data" / "eval"
     open_llm = run_open_llm(model, tokenizer, OpenLLMConfig(source="local", data_dir=str(data)), data, limit=3,
                             device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
     cfg = _cfg(LmEvalTask("hellaswag", num_fewshot=10), LmEvalTask("truthfulqa_mc2", num_fewshot=0),
                LmEvalTask("mmlu_local", num_fewshot=5), source="local", limit=3)
-    lm_eval = _stage(trained, cfg, tmp_path / "eval" / "b.partial")["lm_eval"]
+    lm_eval = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "b.partial")["lm_eval"]
     entries = {e["task"]: e for e in json.loads(
         (tmp_path / "eval" / "b.partial" / "eval" / "lm_eval.json").read_text())["tasks"]}
     stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, device="cpu")
@@ -103,20 +95,21 @@ def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_lm_eval_cli_reruns_a_finished_artifact(trained, tmp_path):
+def test_the_lm_eval_cli_reruns_a_finished_artifact(tiny_train_folder, tmp_path):
     from superfilter.artifacts import run_stage
 
     cfg = _cfg(LmEvalTask("truthfulqa_mc2_local", limit=4), LmEvalTask("mmlu_local_management", limit=4),
                LmEvalTask("gsm8k_local", num_fewshot=1, limit=2, gen_kwargs={"max_gen_toks": 8}))
     artifact = run_stage(tmp_path / "artifacts", "eval", 1, {"test": 1}, [],
-                         lambda out: _stage(trained, cfg, out))
+                         lambda out: _stage(tiny_train_folder, cfg, out))
     assert not list((tmp_path / "artifacts" / "eval").glob("*.partial"))
     stage = json.loads((artifact.path / "eval" / "lm_eval.json").read_text())
     cli_out = tmp_path / "cli"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     for entry in stage["tasks"]:
         command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
-                   f"pretrained={trained / 'model'}", "--include_path", str(artifact.path / "eval" / "lm_eval_tasks"),
+                   f"pretrained={tiny_train_folder / 'model'}",
+                   "--include_path", str(artifact.path / "eval" / "lm_eval_tasks"),
                    "--tasks", entry["ran"], "--limit", str(entry["limit"]), "--device", "cpu", "--batch_size", "1",
                    "--output_path", str(cli_out / entry["ran"]), "--seed", "0,1234,1234,1234"]
         if entry["num_fewshot"] is not None:
@@ -154,10 +147,10 @@ def test_weights_adapter_runs_base_plus_lora_like_the_merged_model(tmp_path):
     assert values["adapter"] == pytest.approx(values["merged"], rel=1e-4)
 
 
-def test_code_tasks_need_the_flag_and_the_refusal_is_one_line(trained, tmp_path):
+def test_code_tasks_need_the_flag_and_the_refusal_is_one_line(tiny_train_folder, tmp_path):
     for name in ("humaneval", "mbpp_plus", "humaneval_local"):
         with pytest.raises(ConfigError) as failure:
-            _stage(trained, _cfg(LmEvalTask(name)), tmp_path / "out")
+            _stage(tiny_train_folder, _cfg(LmEvalTask(name)), tmp_path / "out")
         assert "\n" not in str(failure.value) and "eval.lm_eval.allow_code_execution=true" in str(failure.value)
     assert not (tmp_path / "out").exists()
 
@@ -258,8 +251,8 @@ def test_math_verify_compares_answers_as_mathematical_objects(monkeypatch):
 
 
 @pytest.mark.slow
-def test_math500_verify_local_runs_in_the_stage(trained, tmp_path):
+def test_math500_verify_local_runs_in_the_stage(tiny_train_folder, tmp_path):
     pytest.importorskip("math_verify", reason="the math extra (math-verify) is not installed")
     cfg = _cfg(LmEvalTask("math500_verify_local", limit=2, gen_kwargs={"max_gen_toks": 8}))
-    result = _stage(trained, cfg, tmp_path / "eval" / "m.partial")["lm_eval"]["math500_verify_local"]
+    result = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "m.partial")["lm_eval"]["math500_verify_local"]
     assert result["metric"] == "math_verify,none" and result["n"] == 2

@@ -25,7 +25,6 @@ ARENA_HARD_VERDICT_PREFIX = "My final verdict is: [["
 ARENA_HARD_LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")  # the five the official prompt offers
 
 
-
 @dataclass
 class _Trie:
     """Next-token distributions needed to score a set of candidate continuations exactly."""
@@ -172,7 +171,6 @@ class HFJudge:
 
 def _expected(probs: Sequence[float]) -> float:
     return float(sum(p * v for p, v in zip(probs, SCORE_VALUES, strict=True)))
-
 
 
 @register_judge("hf")

@@ -164,8 +164,6 @@ def _weighted_preference(logprobs: Any) -> float | None:
     return mass["b"] / total if total > 0 else None
 
 
-
-
 def alpaca_eval_2_preference(logprobs: Any) -> float | None:
     """P(M) / (P(m) + P(M)) from the first token's top log-probabilities: alpaca_eval's logprob_parser (numerator
     "m", denominators "m" and "M", a token absent from the top 5 has probability 0), as 1 - (2 - preference)."""

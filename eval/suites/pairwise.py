@@ -88,6 +88,7 @@ def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, 
     from eval.judge import judge_label
     from eval.pairwise import PROMPT_FIELDS, review_log, review_log_name
     from superfilter.artifacts import write_json_atomic
+    from superfilter.contracts import JUDGE_DIR
 
     data = [{"id": p.id, PROMPT_FIELDS[name]: p.question, "Answer1": a, "Answer2": b,
              "review": f.raw, "scores": str(f.scores or [-1, -1]),
@@ -95,8 +96,9 @@ def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, 
             for p, a, b, f, r in zip(prompts_, ours, theirs, forward, reverse, strict=True)]
     meta = {"tie_margin": ctx.cfg.judge.tie_margin, "judge": ctx.judge_note(),
             "Answer1": ctx.model_name, "Answer2": ctx.reference_name}
-    write_json_atomic(ctx.out_dir / "judge" / review_log_name(name, judge_label(ctx.cfg.judge)),
+    write_json_atomic(ctx.out_dir / JUDGE_DIR / review_log_name(name, judge_label(ctx.cfg.judge)),
                       review_log(name, data, meta))
+
 
 register(Suite("pairwise", PairwiseConfig, run, prompts=prompts, validate=validate, needs_reference=True,
                description="judged win/tie/lose vs the partner model on Vicuna, Koala, WizardLM, Self-Instruct, LIMA"))

@@ -11,7 +11,6 @@ prints the paired comparison of two evaluations' per-item files.
 from __future__ import annotations
 
 import gc
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,18 +54,13 @@ def set_name(path: str) -> str:
 
 def load_items(path: str, limit: int = 0) -> list[dict[str, str]]:
     """[{id, instruction, input, output}] of the first `limit` records; fails naming the file and record."""
-    from superfilter.data import resolve_path
+    from superfilter.data import iter_raw_records, resolve_path
     from superfilter.errors import DataError
 
     file = resolve_path(path)
     if not file.is_file():
         raise DataError(f"eval.reference_nll.paths: {file} does not exist")
-    text = file.read_text(encoding="utf-8")
-    try:
-        records = json.loads(text) if text.lstrip().startswith("[") else \
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: not JSON or JSON lines: {e}") from e
+    records = [r for _, r in iter_raw_records(file)]
     items = []
     for i, r in enumerate(records[: limit or None]):
         if isinstance(r, dict) and isinstance(r.get("messages"), list) and len(r["messages"]) >= 2:
@@ -161,6 +155,7 @@ def _score(ctx: Context, model_dir: Path, sets: dict[str, list[dict[str, str]]],
 
 
 def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
+    from eval.harness import write_jsonl
     from superfilter.artifacts import write_json_atomic
 
     sets = {set_name(p): load_items(p, ctx.limit(cfg.limit)) for p in cfg.paths}
@@ -172,12 +167,11 @@ def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
     lines = ["| set | N | mean NLL | ± SE | token-weighted | truncated | vs partner (Δ ± SE) | lower than partner |",
              "|---|---|---|---|---|---|---|---|"]
     for name in sets:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours[name]))
+        write_jsonl(folder / f"{name}.jsonl", ours[name])
         entry = {"path": cfg.paths[list(sets).index(name)], "model": _summarise(ours[name]),
                  "items": f"eval/{ITEMS_DIR}/{name}.jsonl"}
         if name in theirs:
-            (folder / f"{name}.reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in theirs[name]))
+            write_jsonl(folder / f"{name}.reference.jsonl", theirs[name])
             entry["partner"] = _summarise(theirs[name])
             entry["paired"] = paired(ours[name], theirs[name])
         result["sets"][name] = entry
