@@ -14,7 +14,7 @@ from eval.config import EvalConfig
 from eval.stage import eval_stage
 from eval.suites import reference_nll as suite
 from eval.suites.reference_nll import ReferenceNllConfig, item_nll, load_items, paired
-from superfilter.errors import DataError
+from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, build_tiny_model, load_model
 from superfilter.prompts import generation_prompt
 from superfilter.runtime import RuntimeConfig
@@ -114,3 +114,9 @@ def test_the_comparison_command_fails_in_one_line_on_a_wrong_file(tmp_path, caps
         assert reference_nll.main([str(p) for p in argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_two_files_with_one_set_name_are_refused():
+    with pytest.raises(ConfigError, match="share a set name"):
+        suite.validate(ReferenceNllConfig(paths=["a/answers.json", "b/answers.jsonl"]), None)
+    suite.validate(ReferenceNllConfig(paths=["a/answers.json", "b/other.jsonl"]), None)

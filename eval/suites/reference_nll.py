@@ -41,6 +41,9 @@ def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
         raise ConfigError("eval.reference_nll.paths is empty: name at least one instruction/answer file")
     if cfg.max_tokens < 2 or cfg.batch_size < 1:
         raise ConfigError("eval.reference_nll.max_tokens must be >= 2 and eval.reference_nll.batch_size >= 1")
+    names = [set_name(path) for path in cfg.paths]
+    if len(set(names)) < len(names):  # per-item files and result rows are keyed by that name
+        raise ConfigError(f"eval.reference_nll.paths: two files share a set name ({names}); rename one")
 
 
 def preflight(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
