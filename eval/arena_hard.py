@@ -239,14 +239,6 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """One JSON object per line, written to a temporary name and renamed, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    partial.replace(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.arena_hard", description=__doc__.splitlines()[0])
     parser.add_argument("judgments", nargs="+", type=Path, help="model_judgment/<judge>/<model>.jsonl files")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.lm import forward_tail
+from superfilter.artifacts import write_jsonl
 from superfilter.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,6 @@ CODE_TASK_PREFIXES = ("humaneval", "mbpp", "ds1000", "livecodebench", "bigcodebe
 
 def is_code_task(name: str) -> bool:
     return name.startswith(CODE_TASK_PREFIXES)
-
-
-def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return path
 
 
 def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:

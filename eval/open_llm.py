@@ -17,7 +17,8 @@ import yaml
 
 from eval import harness
 from eval.config import OpenLLMConfig
-from eval.harness import TASK_DIR, TASKS_FOLDER, hub_reachable, prefix_sharing_lm, write_jsonl
+from eval.harness import TASK_DIR, TASKS_FOLDER, hub_reachable, prefix_sharing_lm
+from superfilter.artifacts import write_jsonl
 from superfilter.errors import DataError, UserError
 
 log = logging.getLogger(__name__)

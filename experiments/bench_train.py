@@ -2,6 +2,7 @@
 
 python experiments/bench_train.py --steps 2 --repeats 3 --stage-records 100
 python experiments/bench_train.py --repeats 0 --precision-steps 4 --precision-rounds 2 --plot precision.png
+python experiments/bench_train.py --repeats 0 --memory-rounds 2 --subset artifacts/select/<key>/subset.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -147,6 +149,38 @@ def precision_compare(args: argparse.Namespace, cfg: TrainConfig, examples: list
             "max_abs_loss_diff": max(abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"], strict=True))}
 
 
+PAD_VARIANTS = {"lengths rounded up to 64": 64, "exact lengths": 1}  # train.pad_to_multiple_of
+
+
+def stage_memory(args: argparse.Namespace, examples: list[Example]) -> list[dict]:
+    """The whole train stage in a fresh process per run (load, train, merge, save), with and without rounding
+    micro-batch lengths up, runs alternating: wall time, CPU time and the process's peak RSS (wait4's ru_maxrss)."""
+    samples: dict[str, list[dict]] = {name: [] for name in PAD_VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = Path(tmp) / SUBSET_FILE
+        write_examples(examples[:args.stage_records] if args.stage_records else examples, subset)
+        for r in range(args.memory_rounds):
+            for name in (list(PAD_VARIANTS) if r % 2 == 0 else list(PAD_VARIANTS)[::-1]):
+                command = [sys.executable, __file__, "--child", str(subset), "--pad-to", str(PAD_VARIANTS[name]),
+                           "--model", args.model, "--train", args.train]
+                started = time.perf_counter()
+                child = subprocess.Popen(command)
+                _, status, usage = os.wait4(child.pid, 0)
+                if status:
+                    raise SystemExit(f"{name}: the train stage failed (status {status})")
+                samples[name].append({"wall_s": time.perf_counter() - started, "cpu_s": usage.ru_utime + usage.ru_stime,
+                                      "peak_rss_gib": usage.ru_maxrss / 2**20})
+                print(f"  round {r + 1} {name}: {samples[name][-1]}, load {os.getloadavg()[0]:.1f}", flush=True)
+    return [{"variant": name, **{k: statistics.median(run[k] for run in runs) for k in runs[0]}}
+            for name, runs in samples.items()]
+
+
+def child_stage(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    with tempfile.TemporaryDirectory() as out:
+        sft.train_stage(args.child, model_from_name(args.model), replace(cfg, pad_to_multiple_of=args.pad_to), 0,
+                        RuntimeConfig(device="cpu"), Path(out), StageRun(None, "train"))
+
+
 def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -184,10 +218,17 @@ def main() -> None:
     parser.add_argument("--precision-steps", type=int, default=0, help="fp32 vs bf16: steps per run (0 = skip)")
     parser.add_argument("--precision-rounds", type=int, default=2, help="fp32 vs bf16: alternating rounds")
     parser.add_argument("--plot", type=Path, help="fp32 vs bf16: write both loss curves here")
+    parser.add_argument("--memory-rounds", type=int, default=0,
+                        help="whole stage in fresh processes, lengths rounded up vs exact: rounds (0 = skip)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # one --memory-rounds run
+    parser.add_argument("--pad-to", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = replace(preset(args.train), save_steps=0)
+    if args.child:
+        child_stage(args, cfg)
+        return
     examples = bench_subset(args.subset, args.fraction, seed=0)
     print(f"{args.train} on {args.model}: {len(examples)} records, batch {cfg.batch_size}, micro "
           f"{cfg.micro_batch_size}, {args.steps} steps × {args.repeats} repeats per mode, "
@@ -210,6 +251,16 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f}")
         if args.plot:
             plot_losses(p["losses"], args.plot)
+    if args.memory_rounds:
+        results["memory"] = rows = stage_memory(args, examples)
+        print(f"\nwhole train stage, fresh process per run, {args.memory_rounds} rounds (medians), load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print("| variant | wall s | CPU s | peak RSS GiB |\n|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['variant']} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} | {row['peak_rss_gib']:.2f} |")
+        rounded, exact = rows
+        print(f"rounded / exact: wall {rounded['wall_s'] / exact['wall_s']:.2f}×, peak RSS "
+              f"{rounded['peak_rss_gib'] / exact['peak_rss_gib']:.2f}×")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

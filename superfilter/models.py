@@ -250,7 +250,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantise a GGUF into fp32 safetensors + tokenizer.
 
     A GGUF-loaded model refuses save_pretrained ("not serializable"), so its weights go into a fresh model built
-    from the same config without quantization_config.
+    from the same config without quantization_config. That model is built on the meta device and takes the
+    dequantised tensors themselves (assign=True): one copy of the weights in memory, not two.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -262,9 +263,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict())
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), assign=True)
     plain.generation_config = quantized.generation_config
+    del quantized
     plain.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # GGUF metadata carries no tokenizer length limit (transformers' sentinel is 1e30): use the model's context.

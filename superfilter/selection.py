@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from superfilter.artifacts import write_jsonl
 from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE
 from superfilter.data import Example, read_examples
 from superfilter.errors import ConfigError, DataError
@@ -388,12 +388,6 @@ def subset_records(examples: dict[str, Example], table: pd.DataFrame, ids: Seque
     return records
 
 
-def write_jsonl(records: Sequence[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-
-
 def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """The first and last TABLE_ROWS chosen records (top and bottom of the selection order)."""
     columns = ["end", "rank", "id", "ifd", "ppl_conditioned", "n_response_tokens", "instruction", "input", "output"]
@@ -430,10 +424,10 @@ def select_stage(
     embed = make_embed(by_id, cfg, runtime) if SELECTORS[cfg.name].needs_embeddings else None
     choice = select(table, cfg, ratio, seed, embed)
     records = subset_records(by_id, table, choice.ids)
-    write_jsonl(records, out_dir / SUBSET_FILE)
+    write_jsonl(out_dir / SUBSET_FILE, records, allow_nan=False)
     metrics = selection_metrics(table, cfg, choice, ratio)
     columns, rows = preview_rows(records)
-    write_jsonl([dict(zip(columns, row, strict=True)) for row in rows], out_dir / "top_bottom.jsonl")
+    write_jsonl(out_dir / "top_bottom.jsonl", [dict(zip(columns, row, strict=True)) for row in rows], allow_nan=False)
     tracker.table("top_bottom", columns, rows)
     log.info("select: %s chose %d of %d records (asked %d)", cfg.name, len(choice.ids), len(table),
              choice.requested)

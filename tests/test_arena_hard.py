@@ -12,6 +12,7 @@ import yaml
 from eval import arena_hard
 from eval.arena_hard import read_judgments, standings
 from eval.judge import ARENA_HARD_PATTERNS, JudgeRequest, ReplayJudge, arena_hard_verdict, judge_all, judge_prompt
+from superfilter.artifacts import write_jsonl
 from superfilter.errors import DataError
 
 PROJECT_DATA = Path(__file__).resolve().parents[1] / "data" / "arena_hard"
@@ -99,7 +100,7 @@ def test_score_equals_an_independent_count_over_synthetic_judgments():
 def test_cli_prints_the_leaderboard_from_judgment_files(tmp_path, capsys):
     records = _synthetic_records(3)
     for model in ("m1", "m2"):
-        arena_hard.write_jsonl(tmp_path / f"{model}.jsonl", [r for r in records if r["model"].endswith(model)])
+        write_jsonl(tmp_path / f"{model}.jsonl", [r for r in records if r["model"].endswith(model)])
     assert arena_hard.main([str(tmp_path / "m1.jsonl"), str(tmp_path / "m2.jsonl"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     expected = {s.model: s.to_dict() for s in standings(records)}
@@ -116,7 +117,7 @@ def test_v01_era_judgment_files_are_read_too(tmp_path):
                       {"user_prompt": f"prompt {i} b", "judgment": f"... [[{b}]]", "score": b}]}
            for i, (a, b) in enumerate([("A>B", "B>A"), ("B>>A", "A>>B"), ("A=B", "A=B")])]
     path = tmp_path / "old-model.jsonl"
-    arena_hard.write_jsonl(path, old)
+    write_jsonl(path, old)
     (row,) = standings([r for _, r in read_judgments(path)])
     # game 1 A>B: the baseline wins (0); game 2 B>A: the baseline wins (0); then 3+3 model wins; then two ties.
     assert row.score == pytest.approx((0 + 0 + 6 * 1 + 0.5 + 0.5) / 10) and row.n == 3
@@ -161,7 +162,7 @@ def test_our_judgment_files_round_trip_through_replay_and_the_cli(tmp_path, caps
     judged, _ = judge_all(FakeJudge(), requests, [])
     records = arena_hard.judgment_records(questions, requests, judged, "tiny", "fake")
     path = tmp_path / "tiny.jsonl"
-    arena_hard.write_jsonl(path, records)
+    write_jsonl(path, records)
     replayed, summary = judge_all(ReplayJudge([path]), requests, [])
     assert [a.verdict for a in replayed] == [a.verdict for a in judged] and summary["unparseable"] == 0
     assert records[0]["games"][0]["prompt"][1]["content"] == requests[0].messages()[1]

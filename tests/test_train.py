@@ -19,7 +19,7 @@ from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model, re
 from superfilter.prompts import generation_prompt, render
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
-from train.collate import IGNORE, encode, encode_all, pack_batch, pad_batch
+from train.collate import IGNORE, collate, encode, encode_all, pack_batch, pad_batch
 from train.config import TrainConfig
 from train.schedule import plan
 from train.sft import MODEL_INFO_FILE, lr_factor, token_loss_sum, train_stage
@@ -143,6 +143,19 @@ def test_packing_equals_padding_without_cross_attention(tokenizer, tiny_model, p
     # A token attending across records, or a pad id leaking in, would change the loss.
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_rounding_the_length_up_leaves_the_loss_unchanged(tokenizer, tiny_model, packing):
+    encoded, _ = encode_all(records(3), "alpaca", tokenizer, 512, "truncate")
+    exact, rounded = collate(encoded, packing, 7), collate(encoded, packing, 7, multiple=64)
+    assert rounded.input_ids.size(1) % 64 == 0 and rounded.input_ids.size(1) > exact.input_ids.size(1)
+    assert (rounded.n_tokens, rounded.n_trainable) == (exact.n_tokens, exact.n_trainable)
+    assert rounded.n_slots == rounded.input_ids.numel()
+    assert torch.equal(rounded.keep, exact.keep)  # no target on the padding
+    with torch.no_grad():
+        torch.testing.assert_close(token_loss_sum(tiny_model, rounded), token_loss_sum(tiny_model, exact),
+                                   rtol=1e-5, atol=1e-4)
 
 
 def test_plan_sees_each_record_once_per_epoch():

@@ -10,7 +10,7 @@ import train.sft as sft
 from superfilter.data import Example
 from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model
 from train.collate import IGNORE, encode_all, pack_batch, pad_batch
-from train.config import TrainConfig
+from train.config import LoraSettings, TrainConfig
 from train.sft import make_trainable, token_loss_sum
 
 RECORDS = [Example.create(f"Give {i} tips for staying healthy.", "" if i % 2 else "at home",
@@ -32,7 +32,7 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("packing", [True, False])
 def test_frozen_head_loss_equals_full_logits(monkeypatch, arch: str, packing: bool) -> None:
-    monkeypatch.setattr(sft, "HEAD_CHUNK", 7)  # several chunks, the last one partial
+    monkeypatch.setattr(sft, "head_chunk", lambda vocab: 7)  # several chunks, the last one partial
     tokenizer = build_tiny_tokenizer(adds_bos=arch == "llama")
     base, _ = load_model(ModelConfig(source="tiny", path=arch), "cpu", for_training=True)
     encoded, _ = encode_all(RECORDS, "alpaca", tokenizer, 512, "truncate")
@@ -66,7 +66,7 @@ def test_trainable_head_takes_the_plain_path() -> None:
 
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
 def test_frozen_head_loss_matches_autograd_and_mixes_dtypes(monkeypatch, weight_dtype: torch.dtype) -> None:
-    monkeypatch.setattr(sft, "HEAD_CHUNK", 5)
+    monkeypatch.setattr(sft, "head_chunk", lambda vocab: 5)
     torch.manual_seed(0)
     hidden = torch.randn(13, 8, requires_grad=True)  # fp32, as a LoRA output beside a bf16 base
     weight, bias = torch.randn(50, 8).to(weight_dtype), torch.randn(50).to(weight_dtype)
@@ -82,3 +82,36 @@ def test_frozen_head_loss_matches_autograd_and_mixes_dtypes(monkeypatch, weight_
     torch.testing.assert_close(loss, expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance)
     assert grad.dtype == hidden.dtype and grad[[2, 9]].abs().sum() == 0
+
+
+def saved_bytes(model, batch) -> tuple[int, torch.Tensor]:
+    """Bytes of the tensors the backward pass keeps (weights included), and the loss."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = token_loss_sum(model, batch)
+    return sum(storages.values()), loss
+
+
+def test_adapter_inputs_stay_in_half_precision_under_autocast() -> None:
+    tokenizer = build_tiny_tokenizer(adds_bos=True)
+    base, _ = load_model(ModelConfig(source="tiny", path="llama"), "cpu", dtype=torch.bfloat16, for_training=True)
+    batch = pack_batch(encode_all(RECORDS, "alpaca", tokenizer, 512, "truncate")[0])
+    model = make_trainable(base, TrainConfig(method="lora", lora=LoraSettings(dropout=0.0)))
+    with torch.no_grad():  # non-zero B matrices, so the adapters change the loss
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+    model.train()
+    cast_bytes, cast_loss = saved_bytes(model, batch)
+    sft.keep_adapter_inputs_in_half(model)
+    half_bytes, half_loss = saved_bytes(model, batch)
+    assert half_bytes < cast_bytes  # no fp32 copies of the adapters' inputs kept for backward
+    torch.testing.assert_close(half_loss, cast_loss, rtol=1e-3, atol=1e-3)  # the matmuls ran in bf16 either way
+    half_loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

@@ -163,9 +163,9 @@ def shifted_targets(enc: Encoded) -> list[int]:
     return [*enc.labels[1:], IGNORE]
 
 
-def pad_batch(batch: Sequence[Encoded], pad_id: int) -> MicroBatch:
-    """Right-padded rows; the attention mask hides padding and its targets are IGNORE."""
-    width = max(e.n_tokens for e in batch)
+def pad_batch(batch: Sequence[Encoded], pad_id: int, multiple: int = 1) -> MicroBatch:
+    """Right-padded rows (width rounded up to `multiple`); the attention mask hides padding, its targets are IGNORE."""
+    width = _round_up(max(e.n_tokens for e in batch), multiple)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     targets = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -178,18 +178,24 @@ def pad_batch(batch: Sequence[Encoded], pad_id: int) -> MicroBatch:
     return _finish(input_ids, attention_mask, position_ids, targets, batch)
 
 
-def pack_batch(batch: Sequence[Encoded]) -> MicroBatch:
+def pack_batch(batch: Sequence[Encoded], pad_id: int = 0, multiple: int = 1) -> MicroBatch:
     """All records of the micro-batch in one row with position ids restarting at 0 for each record.
 
     With no 2-D attention mask, transformers (≥ 4.56, masking_utils.find_packed_sequence_indices) reads the
     restarts as sequence boundaries and builds a block-diagonal causal mask for eager/SDPA, and varlen kernels
     for flash attention: no token attends across records. The last token of a record predicts nothing, so no
-    loss crosses a boundary either.
+    loss crosses a boundary either. Padding up to `multiple` is one more such segment, with no targets.
     """
-    input_ids = torch.tensor([t for e in batch for t in e.input_ids], dtype=torch.long).unsqueeze(0)
-    targets = torch.tensor([t for e in batch for t in shifted_targets(e)], dtype=torch.long).unsqueeze(0)
-    position_ids = torch.cat([torch.arange(e.n_tokens) for e in batch]).unsqueeze(0)
-    return _finish(input_ids, None, position_ids, targets, batch)
+    n_tokens = sum(e.n_tokens for e in batch)
+    extra = _round_up(n_tokens, multiple) - n_tokens
+    input_ids = torch.tensor([t for e in batch for t in e.input_ids] + [pad_id] * extra, dtype=torch.long)
+    targets = torch.tensor([t for e in batch for t in shifted_targets(e)] + [IGNORE] * extra, dtype=torch.long)
+    position_ids = torch.cat([torch.arange(n) for n in [e.n_tokens for e in batch] + [extra] if n])
+    return _finish(input_ids.unsqueeze(0), None, position_ids.unsqueeze(0), targets.unsqueeze(0), batch)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _finish(input_ids, attention_mask, position_ids, targets, batch: Sequence[Encoded]) -> MicroBatch:
@@ -201,5 +207,6 @@ def _finish(input_ids, attention_mask, position_ids, targets, batch: Sequence[En
     )
 
 
-def collate(batch: Sequence[Encoded], packing: bool, pad_id: int) -> MicroBatch:
-    return pack_batch(batch) if packing else pad_batch(batch, pad_id)
+def collate(batch: Sequence[Encoded], packing: bool, pad_id: int, multiple: int = 1) -> MicroBatch:
+    """Padded or packed rows whose length is rounded up to `multiple` (see TrainConfig.pad_to_multiple_of)."""
+    return pack_batch(batch, pad_id, multiple) if packing else pad_batch(batch, pad_id, multiple)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.suites import Context, Prompts, Result, Suite, register
+from superfilter.artifacts import write_jsonl
 
 
 @dataclass
@@ -72,8 +73,8 @@ def run(ctx: Context, cfg: ArenaHardConfig) -> Result:
     folder = ctx.eval_dir / "arena_hard" / arena_hard.BENCH
     answer_file = folder / "model_answer" / f"{arena_hard.slug(ctx.model_name)}.jsonl"
     judgment_file = folder / "model_judgment" / arena_hard.slug(judge) / f"{arena_hard.slug(ctx.model_name)}.jsonl"
-    arena_hard.write_jsonl(answer_file, arena_hard.model_answer_records(questions, answers, ctx.model_name))
-    arena_hard.write_jsonl(judgment_file, records)
+    write_jsonl(answer_file, arena_hard.model_answer_records(questions, answers, ctx.model_name))
+    write_jsonl(judgment_file, records)
     (standing,) = arena_hard.standings(records, cfg.bootstrap_rounds)
     row = standing.to_dict()
     result = {

@@ -29,7 +29,7 @@ class ReferenceNllConfig:
     paths: list[str] = field(default_factory=lambda: ["data/alpaca_eval/text_davinci_003_model_outputs.json"])
     limit: int = 0  # first N items per file; 0 = eval.limit
     max_tokens: int = 1024  # prompt + answer; longer items keep their first max_tokens tokens (counted)
-    batch_size: int = 1  # the LM head's output is positions × vocabulary floats per row
+    batch_size: int = 1  # items per forward pass
 
 
 def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
@@ -82,37 +82,35 @@ def item_nll(model: Any, tokenizer: Any, items: Sequence[dict[str, str]], templa
              batch_size: int) -> list[dict[str, Any]]:
     """Per item: summed and mean NLL (nats) of the answer tokens given the prompt, token count, truncation.
 
-    Only the positions that predict an answer token go through the LM head (Gemma's is 262k wide); the answer
-    is the end of the rendered text, so those are the last positions of each row.
+    The answer is the end of the rendered text, so the scoring engine's passes fit: the model runs to its hidden
+    states and only the positions that predict answer tokens go through the LM head, a bounded chunk at a time
+    (Gemma's is 262k wide: full log-probabilities of a 384-token item are 400 MB).
     """
-    from eval.lm import forward_tail
     from superfilter.data import Example
+    from superfilter.scoring.engine import batch_nll, make_engine
+    from superfilter.scoring.plans import Pass
     from train.collate import IGNORE, encode
 
-    encoded = [encode(Example.create(it["instruction"], it["input"], it["output"]), template, tokenizer)
-               for it in items]
-    out: list[dict[str, Any]] = [{} for _ in items]
-    order = sorted(range(len(items)), key=lambda i: encoded[i].n_tokens)  # similar lengths share a batch
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        ids = [list(encoded[i].input_ids[:max_tokens]) for i in batch]
-        labels = [list(encoded[i].labels[:max_tokens]) for i in batch]
-        width = max(len(x) for x in ids)
+    engine = make_engine(model, tokenizer)
+    passes = []
+    for item in items:
+        enc = encode(Example.create(item["instruction"], item["input"], item["output"]), template, tokenizer)
+        labels = enc.labels[:max_tokens]
         # Position p - 1 predicts token p; position 0 has no prediction and is never scored.
-        scored = [[p for p in range(1, len(y)) if y[p] != IGNORE] for y in labels]
-        first = min((s[0] for s in scored if s), default=width)
-        keep = max(width - (first - 1), 1)
-        # Right padding: under causal attention no real token sees the padding after it.
-        logprobs, _ = forward_tail(model, [x + [pad] * (width - len(x)) for x in ids], None, keep)
-        offset = width - keep
-        for row, i in enumerate(batch):
-            total = -sum(float(logprobs[row, p - 1 - offset, labels[row][p]]) for p in scored[row])
-            n = len(scored[row])
-            out[i] = {"id": items[i]["id"], "n_tokens": n, "nll_sum": total,
-                      "nll_mean": total / n if n else math.nan, "truncated": encoded[i].n_tokens > max_tokens}
-        del logprobs
-    return out
+        scored = [p for p in range(1, len(labels)) if labels[p] != IGNORE]
+        if scored and scored != list(range(scored[0], len(labels))):
+            raise ValueError(f"item {item['id']}: the answer is not the end of the rendered text")
+        passes.append((Pass(enc.input_ids[:max_tokens], scored[0] if scored else len(labels)),
+                       enc.n_tokens > max_tokens))
+    sums = [0.0] * len(items)
+    order = sorted((i for i, (p, _) in enumerate(passes) if p.n_targets), key=lambda i: len(passes[i][0].ids))
+    for start in range(0, len(order), batch_size):  # similar lengths share a batch
+        batch = order[start : start + batch_size]
+        for i, total in zip(batch, batch_nll(engine, [passes[i][0] for i in batch]), strict=True):
+            sums[i] = float(total)
+    return [{"id": item["id"], "n_tokens": p.n_targets, "nll_sum": total,
+             "nll_mean": total / p.n_targets if p.n_targets else math.nan, "truncated": truncated}
+            for item, (p, truncated), total in zip(items, passes, sums, strict=True)]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -158,8 +156,7 @@ def _score(ctx: Context, model_dir: Path, sets: dict[str, list[dict[str, str]]],
 
 
 def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
-    from eval.harness import write_jsonl
-    from superfilter.artifacts import write_json_atomic
+    from superfilter.artifacts import write_json_atomic, write_jsonl
 
     sets = {set_name(p): load_items(p, ctx.limit(cfg.limit)) for p in cfg.paths}
     ours = _score(ctx, ctx.model_dir, sets, cfg)

@@ -226,7 +226,8 @@ def check_lora(name: str, shape: Shape, tokenizer, device, sizes: Sizes) -> list
     optimizer = make_optimizer(model, cfg)
     encoded, _ = encode_all(load_records(cfg.micro_batch_size * (sizes.lora_steps + 1)), cfg.template, tokenizer,
                             cfg.max_length, cfg.truncation)
-    batches = [collate(encoded[i:i + cfg.micro_batch_size], cfg.packing, tokenizer.pad_token_id).to(device)
+    batches = [collate(encoded[i:i + cfg.micro_batch_size], cfg.packing, tokenizer.pad_token_id,
+                       cfg.pad_to_multiple_of).to(device)
                for i in range(0, len(encoded), cfg.micro_batch_size)]
     times, tokens = [], []
     for batch in batches:
@@ -280,8 +281,6 @@ def check_smoke(device) -> list[Row]:
     return [("smoke pipeline", f"experiment=smoke runtime.device={device.type}", f"ok in {seconds:.0f} s", "")]
 
 
-
-
 def print_table(rows: list[Row]) -> None:
     header = ("check", "setting", "value", "note")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -332,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         ("generation", lambda: check_generation("llama2-7b", shapes["llama2-7b"], tokenizer, device, sizes)),
         ("smoke", lambda: check_smoke(device)),
     ]
-    failed = False
     for name, run in plan:
         if name in args.skip:
             continue

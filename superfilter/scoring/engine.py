@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from superfilter.errors import UserError
 from superfilter.scoring.plans import Pass, Tokenization, probe_tokenization
 
-HEAD_CHUNK = 2048  # response positions per lm_head call: bounds the logits buffer at HEAD_CHUNK × vocab floats
+HEAD_BUDGET = 2**25  # logits per LM-head call (128 MB in fp32): 682 positions for SmolLM2, 128 for Gemma's 262k words
+
+
+def head_chunk(vocab_size: int) -> int:
+    """Positions per LM-head call, so that its positions × vocabulary logits stay within HEAD_BUDGET."""
+    return max(1, HEAD_BUDGET // vocab_size)
 
 
 @dataclass
@@ -88,9 +93,10 @@ def batch_nll(engine: Engine, passes: Sequence[Pass]) -> np.ndarray:
     targets = ids[row_index, col_index]
     hidden_at = hidden[row_index, col_index - 1]  # position t-1 predicts token t
     nll = torch.empty(len(rows), dtype=torch.float32, device=engine.device)
-    for s in range(0, len(rows), HEAD_CHUNK):
-        logits = head_logits(engine.model, hidden_at[s:s + HEAD_CHUNK]).float()
-        nll[s:s + HEAD_CHUNK] = F.cross_entropy(logits, targets[s:s + HEAD_CHUNK], reduction="none")
+    chunk = head_chunk(engine.model.get_output_embeddings().weight.size(0))
+    for s in range(0, len(rows), chunk):
+        logits = head_logits(engine.model, hidden_at[s:s + chunk]).float()
+        nll[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], reduction="none")
     sums = torch.zeros(len(passes), dtype=torch.float64, device=engine.device)
     sums.index_add_(0, row_index, nll.double())
     return sums.cpu().numpy()
