@@ -13,7 +13,7 @@ from eval.config import EvalConfig
 from eval.suites import Context, Prompts, Result
 from superfilter.artifacts import write_json_atomic
 from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, STAGE_CONFIG_FILE
-from superfilter.runtime import RuntimeConfig, resolve_device
+from superfilter.runtime import RuntimeConfig, release_memory, resolve_device
 from superfilter.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,11 @@ def eval_stage(
     generate_all(ctx)
     if ctx.generation_stats:
         timings["generation"] = round(time.perf_counter() - clock, 1)
-    # Suites run one after another, each loading what it needs, so memory holds one model at a time.
+    # Suites run one after another, each loading what it needs, so memory holds one model at a time; what one
+    # freed goes back to the OS before the next loads its own.
     results: dict[str, Result] = {}
     for name in cfg.suites:
+        release_memory()
         clock = time.perf_counter()
         results[name] = suites.get(name).run(ctx, suites.section(cfg, name))
         timings[name] = round(time.perf_counter() - clock, 1)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from filelock import FileLock
@@ -331,38 +331,58 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
     prompts must switch to `padding_side="left"`. A tokenizer without a pad token gets EOS as pad, so mask labels
     with the attention mask, never by comparing ids with pad_token_id.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = resolve_device(device) if isinstance(device, str) else device
     if dtype is None:
         choice = choose_dtype(cfg.dtype, device)
         log.info("model %s: %s on %s (%s)", cfg.name, choice.name, device, choice.reason)
         dtype = choice.dtype
-    folder = resolve_model_dir(cfg)
-    location = str(folder) if folder is not None else cfg.path
-    common = {"trust_remote_code": cfg.trust_remote_code}
-    if folder is None:
-        common["revision"] = cfg.revision
+    tokenizer = load_tokenizer(cfg)
+    location, common, on_hub = _location(cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **common)
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, use_safetensors=True,
             attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device), **common,
         )
-    except OSError as error:  # what transformers raises for unreachable or unknown Hub repos
-        if folder is not None:
+    except OSError as error:
+        if not on_hub:
             raise
         raise _hub_error(cfg, error) from error
     model.to(device)
     model.train(for_training)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The spec's tokenizer as load_model returns it (right padding, EOS as pad where none, chat template rule)."""
+    from transformers import AutoTokenizer
+
+    location, common, on_hub = _location(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except OSError as error:  # what transformers raises for unreachable or unknown Hub repos
+        if not on_hub:
+            raise
+        raise _hub_error(cfg, error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     if not cfg.chat_template:  # prompt code treats a missing template as "not available"
         tokenizer.chat_template = None
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return tokenizer
+
+
+def _location(cfg: ModelConfig) -> tuple[str, dict[str, Any], bool]:
+    """Where from_pretrained reads the spec (a local folder, built or converted if needed, or the Hub id), its
+    keyword arguments, and whether that is the Hub."""
+    folder = resolve_model_dir(cfg)
+    common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if folder is None:
+        return cfg.path, {**common, "revision": cfg.revision}, True
+    return str(folder), common, False
 
 
 def model_from_name(name_or_path: str) -> ModelConfig:
