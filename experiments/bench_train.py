@@ -31,7 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from superfilter.config import to_config  # noqa: E402
-from superfilter.contracts import SUBSET_FILE  # noqa: E402
+from superfilter.contracts import SUBSET_FILE, TRAIN_METRICS_FILE  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import load_model, model_from_name  # noqa: E402
 from superfilter.presets import compose_config  # noqa: E402
@@ -137,7 +137,7 @@ def precision_compare(args: argparse.Namespace, cfg: TrainConfig, examples: list
                 metrics = sft.train_stage(Path(tmp) / SUBSET_FILE, replace(spec, dtype=dtype),
                                           replace(cfg, mixed_precision=autocast, max_steps=args.precision_steps),
                                           0, RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
-                rows = report.read_metrics(Path(tmp) / "out" / report.METRICS_FILE)
+                rows = report.read_metrics(Path(tmp) / "out" / TRAIN_METRICS_FILE)
             rates[name] += [row["tokens_per_s"] for row in rows[1:]]
             losses[name] = [row["loss"] for row in rows]
             print(f"  round {r + 1} {name} ({metrics['dtype']}, autocast {metrics['mixed_precision']}): "
