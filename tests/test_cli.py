@@ -166,3 +166,11 @@ def test_quiet_turns_off_the_libraries_progress_bars(work, monkeypatch):
     finally:
         huggingface_hub.utils.enable_progress_bars()
         transformers.utils.logging.enable_progress_bar()
+
+
+def test_models_prepares_each_in_its_own_process_and_prints_the_folder(capfd):
+    assert main(["models", "tiny"]) == 0
+    name, folder = capfd.readouterr().out.strip().split("\t")
+    assert name == "tiny" and (Path(folder) / "config.json").is_file()
+    assert main(["models", "tiny", "tiny"]) == 0  # two names: one child process each, same folder
+    assert capfd.readouterr().out.strip().splitlines() == [f"tiny\t{folder}"] * 2
