@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -269,6 +270,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     plain.generation_config = quantized.generation_config
     del quantized
     plain.save_pretrained(out_dir)
+    del plain  # before the tokenizer's own conversion (~0.5 GB for Gemma's 262k words) adds to the peak
+    gc.collect()
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # GGUF metadata carries no tokenizer length limit (transformers' sentinel is 1e30): use the model's context.
     if tokenizer.model_max_length > config.max_position_embeddings:
