@@ -69,18 +69,24 @@ def training_template(model_dir: Path, override: str = "") -> str:
     return template
 
 
+def trained_spec(model_dir: Path) -> ModelConfig:
+    """The model spec of a trained folder (the train stage saves full or LoRA-merged weights in model/)."""
+    folder = weights_dir(model_dir)
+    return ModelConfig(name=folder.parent.name, source="local", path=str(folder))
+
+
 def load_trained(model_dir: Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) of a trained folder (the train stage saves full or LoRA-merged weights in model/)."""
+    """(model, tokenizer) of a trained folder."""
     from superfilter.models import load_model
 
-    folder = weights_dir(model_dir)
-    return load_model(ModelConfig(name=folder.parent.name, source="local", path=str(folder)), device)
+    return load_model(trained_spec(model_dir), device)
 
 
 def load_tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
+    """The tokenizer load_trained would return, without the weights."""
+    from superfilter import models
 
-    return AutoTokenizer.from_pretrained(str(weights_dir(model_dir)))
+    return models.load_tokenizer(trained_spec(model_dir))
 
 
 def render(prompts: Sequence[Prompt], template: str, tokenizer: Any) -> list[str]:

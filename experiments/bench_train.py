@@ -33,7 +33,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from superfilter.config import to_config  # noqa: E402
 from superfilter.contracts import SUBSET_FILE, TRAIN_METRICS_FILE  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
-from superfilter.models import load_model, model_from_name  # noqa: E402
+from superfilter.models import ModelConfig, load_model, model_from_name  # noqa: E402
 from superfilter.presets import compose_config  # noqa: E402
 from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
@@ -104,16 +104,23 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
     return table
 
 
-def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[Example]) -> dict:
-    """The whole train stage as the pipeline runs it (load, encode, train, merge, save) on `stage_records`."""
-    subset = random.Random(1).sample(examples, min(args.stage_records, len(examples)))
+def run_stage(records: list[Example], spec: ModelConfig, cfg: TrainConfig) -> tuple[dict, list[dict]]:
+    """The whole train stage as the pipeline runs it (load, encode, train, merge, save) in a temporary folder:
+    its metrics and its per-step rows."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_examples(subset, Path(tmp) / SUBSET_FILE)
-        (Path(tmp) / "out").mkdir()
-        started, cpu = time.perf_counter(), time.process_time()
-        metrics = sft.train_stage(Path(tmp) / SUBSET_FILE, model_from_name(args.model), cfg, 0,
-                                  RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        subset, out = Path(tmp) / SUBSET_FILE, Path(tmp) / "out"
+        write_examples(records, subset)
+        out.mkdir()
+        metrics = sft.train_stage(subset, spec, cfg, 0, RuntimeConfig(device="cpu"), out, StageRun(None, "train"))
+        return metrics, report.read_metrics(out / TRAIN_METRICS_FILE)
+
+
+def stage_wall_time(args: argparse.Namespace, cfg: TrainConfig, examples: list[Example]) -> dict:
+    """The whole train stage on `stage_records` random records."""
+    subset = random.Random(1).sample(examples, min(args.stage_records, len(examples)))
+    started, cpu = time.perf_counter(), time.process_time()
+    metrics, _ = run_stage(subset, model_from_name(args.model), cfg)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"records": len(subset), "wall_s": wall, "cpu_s": cpu, **{k: metrics[k] for k in (
         "n_steps", "train_loop_s", "tokens_per_s", "loss_first", "loss_last")}, "n_tokens": metrics["data"]["n_tokens"]}
 
@@ -131,13 +138,8 @@ def precision_compare(args: argparse.Namespace, cfg: TrainConfig, examples: list
     for r in range(args.precision_rounds):
         for name in (list(PRECISIONS) if r % 2 == 0 else list(PRECISIONS)[::-1]):
             dtype, autocast = PRECISIONS[name]
-            with tempfile.TemporaryDirectory() as tmp:
-                write_examples(records, Path(tmp) / SUBSET_FILE)
-                (Path(tmp) / "out").mkdir()
-                metrics = sft.train_stage(Path(tmp) / SUBSET_FILE, replace(spec, dtype=dtype),
-                                          replace(cfg, mixed_precision=autocast, max_steps=args.precision_steps),
-                                          0, RuntimeConfig(device="cpu"), Path(tmp) / "out", StageRun(None, "train"))
-                rows = report.read_metrics(Path(tmp) / "out" / TRAIN_METRICS_FILE)
+            metrics, rows = run_stage(records, replace(spec, dtype=dtype),
+                                      replace(cfg, mixed_precision=autocast, max_steps=args.precision_steps))
             rates[name] += [row["tokens_per_s"] for row in rows[1:]]
             losses[name] = [row["loss"] for row in rows]
             print(f"  round {r + 1} {name} ({metrics['dtype']}, autocast {metrics['mixed_precision']}): "
@@ -176,9 +178,7 @@ def stage_memory(args: argparse.Namespace, examples: list[Example]) -> list[dict
 
 
 def child_stage(args: argparse.Namespace, cfg: TrainConfig) -> None:
-    with tempfile.TemporaryDirectory() as out:
-        sft.train_stage(args.child, model_from_name(args.model), replace(cfg, pad_to_multiple_of=args.pad_to), 0,
-                        RuntimeConfig(device="cpu"), Path(out), StageRun(None, "train"))
+    run_stage(sft.read_subset(args.child), model_from_name(args.model), replace(cfg, pad_to_multiple_of=args.pad_to))
 
 
 def plot_losses(losses: dict[str, list[float]], path: Path) -> None:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from filelock import FileLock
 
@@ -61,26 +61,33 @@ def check_root(root: Path, subject: str = "") -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so a reader sees either the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+
+    def write(f: TextIO) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=str, allow_nan=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    _write_atomic(path, write)
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]], allow_nan: bool = True) -> Path:
     """One JSON object per line, written like write_json_atomic: a reader sees the old file or the whole new one."""
+    _write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False, allow_nan=allow_nan) + "\n"
+                                               for r in records))
+    return path
+
+
+def _write_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False, allow_nan=allow_nan) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:

@@ -107,10 +107,15 @@ def release_memory() -> None:
     tensor alive (glibc keeps freed heap pages on its free lists); gc plus malloc_trim brings it to 1.2 GB.
     """
     gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
+    libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only; other allocators return memory themselves
         libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process, not at every stage and suite
+    return ctypes.CDLL(name) if name else None
 
 
 def reset_peak_rss() -> bool:
