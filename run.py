@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from superfilter.cli_pipeline import run_from_hydra
 from superfilter.config import register_configs
 
 register_configs()
@@ -10,8 +11,6 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from superfilter.cli_pipeline import run_from_hydra
-
     run_from_hydra(cfg)
 
 

@@ -16,6 +16,7 @@ import random
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def summarize(records: Sequence[dict[str, Any]], df_gamed_path: str | Path | Non
 def _alpaca_eval_metrics() -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # alpaca_eval 0.6.6 imports it
+        # deferred: the optional alpaca_eval extra
         import alpaca_eval.metrics
 
     return alpaca_eval.metrics
@@ -179,8 +181,6 @@ def _plain(value: Any) -> Any:
 
 
 def _alpaca_eval_version() -> str:
-    from importlib.metadata import version
-
     return version("alpaca_eval")
 
 
@@ -217,6 +217,7 @@ def length_controlled_rate(records: Sequence[dict[str, Any]], df_gamed_path: str
 def _hub_df_gamed() -> str:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise ConnectionError("HF_HUB_OFFLINE is set")
+    # deferred: huggingface_hub loads only when the Hub is asked
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(repo_id=HUB_DATASET, filename=DF_GAMED, repo_type="dataset")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from eval.judge import Annotation, JudgeRequest
 from superfilter.errors import DataError, UserError
 
@@ -199,7 +201,6 @@ class Standing:
 def standings(records: Sequence[dict[str, Any]], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> list[Standing]:
     """One row per model (its name after the last '/', as show_result.py does), best first. The score is the mean
     over battles; the CI, the 5%/95% quantiles of `rounds` bootstrap means over that model's battles."""
-    import numpy as np
 
     by_model: dict[str, list[float]] = {}
     readable: dict[str, int] = {}

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from eval.cache import JsonlCache
-from eval.config import GenerationConfig
+from eval.settings import GenerationConfig
+from superfilter import models
 from superfilter.artifacts import canonical_json
 from superfilter.contracts import MODEL_DIR, MODEL_INFO_FILE, STAGE_CONFIG_FILE
 from superfilter.errors import ConfigError, UserError
-from superfilter.models import ModelConfig
+from superfilter.models import ModelConfig, load_model
 from superfilter.prompts import TEMPLATES, generation_prompt
 
 log = logging.getLogger(__name__)
@@ -77,15 +78,11 @@ def trained_spec(model_dir: Path) -> ModelConfig:
 
 def load_trained(model_dir: Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of a trained folder."""
-    from superfilter.models import load_model
-
     return load_model(trained_spec(model_dir), device)
 
 
 def load_tokenizer(model_dir: Path) -> Any:
     """The tokenizer load_trained would return, without the weights."""
-    from superfilter import models
-
     return models.load_tokenizer(trained_spec(model_dir))
 
 
@@ -163,6 +160,7 @@ def _generate_hf(
     model_dir: Path, texts: list[str], keys: list[str], template: str, cfg: GenerationConfig, cache: JsonlCache,
     device: str, batch_size: int,
 ) -> None:
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     import torch
     from transformers import GenerationConfig as HFGenerationConfig
 
@@ -199,6 +197,7 @@ def _generate_vllm(
 ) -> None:
     """vLLM on a GPU (the `vllm` extra), over the same saved folder."""
     try:
+        # deferred: the optional vllm GPU extra
         from vllm import LLM, SamplingParams
     except ImportError as e:
         raise UserError("eval.generation.backend=vllm needs the vllm extra on a CUDA machine: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import logging
@@ -9,8 +10,12 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from eval.lm import forward_tail
 from superfilter.artifacts import write_jsonl
@@ -109,6 +114,7 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether Hub datasets can be fetched: never when an offline flag is set, else a quick HEAD request."""
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
+    # deferred: the HTTP client loads only when a request is made
     import httpx
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -126,11 +132,9 @@ def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) 
     only positions that score a token go through the LM head (Gemma's is 262k wide). Tokenization, truncation
     and the (log-probability, is-greedy) answers are lm-eval's; requests that need truncation use lm-eval's path.
     """
-    import copy
-
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     import torch
     from lm_eval.models.huggingface import HFLM
-    from tqdm import tqdm
 
     class PrefixSharingHFLM(HFLM):
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
@@ -180,6 +184,7 @@ def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) 
 
 
 def make_lm(model: Any, tokenizer: Any, device: str, batch_size: int, share_prefix: bool = True) -> Any:
+    # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval.models.huggingface import HFLM
 
     if share_prefix:
@@ -191,6 +196,7 @@ def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = 
              apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
              gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False) -> dict[str, Any]:
     """One lm-eval `simple_evaluate` call with the project's fixed seeds; no samples logged."""
+    # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval import simple_evaluate
 
     return simple_evaluate(
@@ -201,9 +207,6 @@ def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = 
 
 
 def version(package: str = "lm_eval") -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
     try:
         return installed(package.replace("_", "-"))
     except PackageNotFoundError:
@@ -212,6 +215,7 @@ def version(package: str = "lm_eval") -> str:
 
 def known_tasks(include_path: Path | None = None) -> list[str]:
     """Every task, group and tag name lm-eval knows (indexing its task folders takes a few seconds)."""
+    # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval.tasks import TaskManager
 
     return list(TaskManager(include_path=str(include_path) if include_path else None).all_tasks)

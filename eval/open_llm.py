@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from eval import harness
-from eval.config import OpenLLMConfig
 from eval.harness import TASK_DIR, TASKS_FOLDER, hub_reachable, prefix_sharing_lm
 from superfilter.artifacts import write_jsonl
 from superfilter.errors import DataError, UserError
@@ -205,32 +204,33 @@ def _write_mmlu(data_dir: Path, subjects: Sequence[str], data_out: Path, out_dir
 # Running lm-eval.
 
 
-def run_open_llm(model: Any, tokenizer: Any, cfg: OpenLLMConfig, data_dir: Path, limit: int, device: str,
-                 batch_size: int, out_dir: Path) -> dict[str, Any]:
+def run_open_llm(model: Any, tokenizer: Any, benchmarks: list[str], source: str, mmlu_subjects: list[str],
+                 share_prefix: bool, data_dir: Path, limit: int, device: str, batch_size: int, out_dir: Path
+                 ) -> dict[str, Any]:
     """Leaderboard-v1 scores of an in-memory model; writes the rendered local tasks under out_dir/lm_eval_tasks.
 
     Each benchmark is one lm_eval-suite call (`harness.evaluate`) with the leaderboard's task and shots.
     """
+    # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval.tasks import TaskManager
 
-    source = cfg.source
     if source == "auto":
         source = "hub" if hub_reachable() else "local"
     skipped: dict[str, str] = {}
     if source == "hub":
-        tasks = {name: BENCHMARKS[name].hub_task for name in cfg.tasks}
-        if "mmlu" in tasks and cfg.mmlu_subjects:
+        tasks = {name: BENCHMARKS[name].hub_task for name in benchmarks}
+        if "mmlu" in tasks and mmlu_subjects:
             tasks["mmlu"] = "mmlu_subset"
         manager = TaskManager()
     else:
-        tasks, skipped = write_local_tasks(data_dir, cfg.tasks, cfg.mmlu_subjects, out_dir / TASKS_FOLDER)
+        tasks, skipped = write_local_tasks(data_dir, benchmarks, mmlu_subjects, out_dir / TASKS_FOLDER)
         manager = TaskManager(include_path=str(out_dir / TASKS_FOLDER), include_defaults=False)
-    lm = harness.make_lm(model, tokenizer, device, batch_size, cfg.share_prefix)
+    lm = harness.make_lm(model, tokenizer, device, batch_size, share_prefix)
     scores: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     for name, task in tasks.items():
         bench = BENCHMARKS[name]
-        task_list = ([f"mmlu_{s}" for s in cfg.mmlu_subjects] if task == "mmlu_subset" else [task])
+        task_list = ([f"mmlu_{s}" for s in mmlu_subjects] if task == "mmlu_subset" else [task])
         log.info("lm-eval %s (%d-shot%s)", task, bench.num_fewshot, f", limit {limit}" if limit else "")
         result = harness.evaluate(lm, task_list, manager, bench.num_fewshot, limit)
         raw[name] = {k: result.get(k) for k in ("results", "groups", "configs", "n-shot", "n-samples", "versions")}

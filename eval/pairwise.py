@@ -212,9 +212,11 @@ def _score_pair(text: str) -> tuple[float, float] | None:
 
 def plot_wtl(tallies: Sequence[Tally], path: Path, model: str = "model", reference: str = "reference") -> Path:
     """Stacked horizontal win/tie/lose bars, one per test set (the authors' figure)."""
+    # deferred: matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
 
     labels = [f"{SET_LABELS.get(t.name, t.name)} ({t.winning_score:.3f})" for t in tallies]

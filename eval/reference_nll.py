@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.suites.reference_nll import paired
 from superfilter.data import iter_raw_records
 from superfilter.errors import DataError
 
@@ -34,8 +35,6 @@ def read_items(path: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from eval.suites.reference_nll import paired
-
     parser = argparse.ArgumentParser(prog="python -m eval.reference_nll", description=__doc__.splitlines()[0])
     parser.add_argument("ours", type=Path, help="eval/reference_nll/<set>.jsonl of model A")
     parser.add_argument("theirs", type=Path, help="the same set's file of model B")

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval import suites
 from eval.config import EvalConfig
-from eval.suites import Context, Prompts, Result
+from eval.generation import generate
+from eval.registry import Context, Prompts, Result, get, section
 from superfilter.artifacts import write_json_atomic
 from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, STAGE_CONFIG_FILE
 from superfilter.runtime import RuntimeConfig, release_memory, resolve_device
@@ -23,9 +23,9 @@ def check(cfg: EvalConfig) -> None:
     """Every check that needs no model: config values, then each selected suite's files, task names and sources."""
     cfg.validate()
     for name in cfg.suites:
-        suite = suites.get(name)
+        suite = get(name)
         if suite.preflight is not None:
-            suite.preflight(suites.section(cfg, name), cfg)
+            suite.preflight(section(cfg, name), cfg)
 
 
 def eval_stage(
@@ -38,7 +38,9 @@ def eval_stage(
     out_dir = Path(out_dir)
     # Generations and annotations outlive any one stage folder: <artifact_root>/cache unless told otherwise.
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out_dir.parent.parent / "cache"
-    ctx = Context(Path(model_dir), Path(reference_dir) if reference_dir else None, cfg, device, out_dir, cache_root)
+    reference = Path(reference_dir) if reference_dir else None
+    ctx = Context(Path(model_dir), reference, cfg, device, out_dir, cache_root, model_label(Path(model_dir)),
+                  model_label(reference) if reference else "none")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     generate_all(ctx)
@@ -50,7 +52,7 @@ def eval_stage(
     for name in cfg.suites:
         release_memory()
         clock = time.perf_counter()
-        results[name] = suites.get(name).run(ctx, suites.section(cfg, name))
+        results[name] = get(name).run(ctx, section(cfg, name))
         timings[name] = round(time.perf_counter() - clock, 1)
         write_json_atomic(ctx.eval_dir / f"{name}.json", results[name].result)
     if ctx.judge_summaries:
@@ -81,9 +83,9 @@ def generate_all(ctx: Context) -> None:
     """One generation pass per model over every prompt the suites need, so each model loads once."""
     wanted: dict[str, Prompts] = {}
     for name in ctx.cfg.suites:
-        suite = suites.get(name)
+        suite = get(name)
         if suite.prompts is not None:
-            wanted[name] = suite.prompts(ctx, suites.section(ctx.cfg, name))
+            wanted[name] = suite.prompts(ctx, section(ctx.cfg, name))
     model = {(s, g): ps for s, p in wanted.items() for g, ps in p.model.items()}
     reference = {(s, g): ps for s, p in wanted.items() for g, ps in p.reference.items()}
     if model:
@@ -94,7 +96,6 @@ def generate_all(ctx: Context) -> None:
 
 def _generate(ctx: Context, model_dir: Path, groups: dict[tuple[str, str], list], role: str
               ) -> dict[str, dict[str, list[str]]]:
-    from eval.generation import generate
 
     prompts = [p for ps in groups.values() for p in ps]
     answers, stats = generate(model_dir, prompts, ctx.cfg.generation, ctx.cache_root, ctx.device,

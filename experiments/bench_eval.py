@@ -23,8 +23,7 @@ sys.path.insert(0, str(REPO))
 
 
 def compose_default_eval(suites: list[str]):
-    from superfilter.config import to_config
-    from superfilter.presets import compose_config
+    from superfilter.config import compose_config, to_config
 
     return to_config(compose_config([f"eval.suites=[{','.join(suites)}]"]))
 

@@ -30,11 +30,10 @@ import torch  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from superfilter.config import to_config  # noqa: E402
+from superfilter.config import compose_config, to_config  # noqa: E402
 from superfilter.contracts import SUBSET_FILE, TRAIN_METRICS_FILE  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import ModelConfig, load_model, model_from_name  # noqa: E402
-from superfilter.presets import compose_config  # noqa: E402
 from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
 from train import report, sft  # noqa: E402

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from superfilter import pipeline
+from superfilter import stages
 from superfilter.artifacts import Artifact
-from superfilter.config import Config, ModelsConfig, check_seed, check_types, type_problem, validate
 from superfilter.contracts import DEFAULT_MODEL, SCORE_COLUMNS, SCORES_FILE, SUBSET_FILE, TURN_COLUMNS
 from superfilter.data import DataConfig, Example, check_encodable, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
@@ -27,6 +26,7 @@ from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import ScoreConfig
 from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed
 from superfilter.selection import select as run_selector
+from superfilter.settings import FilterRunConfig, ModelsConfig, check_seed, check_types, type_problem
 from superfilter.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -196,13 +196,14 @@ def filter_config(method: str, options: Mapping[str, Any], model: ModelConfig | 
 
 
 def make_config(model: ModelConfig, data: DataConfig, score: ScoreConfig, runtime: RuntimeConfig, root: Path,
-                select: SelectConfig | None = None, ratio: float = 0.1, seed: int = 42) -> Config:
+                select: SelectConfig | None = None, ratio: float = 0.1, seed: int = 42) -> FilterRunConfig:
     """The pipeline's config for these stages; the one model is both weak and strong (self_ifd scores with it)."""
-    config = Config(data=data, model=ModelsConfig(weak=model, strong=model), score=score,
+    config = FilterRunConfig(data=data, model=ModelsConfig(weak=model, strong=model), score=score,
                     filter=select or SelectConfig(), runtime=runtime, tracking=TrackingConfig(mode="disabled"),
                     ratio=ratio, seed=seed, artifact_root=str(root), name="api")
-    validate(config)
+    config.validate()
     if runtime.num_threads:  # as `python run.py runtime.num_threads=N` does
+        # deferred: torch/transformers take seconds to import; loaded only when a model is
         import torch
 
         torch.set_num_threads(runtime.num_threads)
@@ -221,13 +222,13 @@ def data_config(field_map: Mapping[str, str] | None, fmt: str) -> DataConfig:
 # The stages, shared with `python run.py`: same keys, same folders, same resume.
 
 
-def prepare_records(config: Config, records: Records) -> Artifact:
+def prepare_records(config: FilterRunConfig, records: Records) -> Artifact:
     """The pipeline's prepare stage on the caller's file, or on a JSONL copy of in-memory records.
 
     The prepare key is the file's content hash, not its name, so the copy's name does not matter and the same
     records passed twice hit the cache."""
     if records.path is not None:
-        return pipeline.prepare(replace(config, data=replace(config.data, path=str(records.path))))
+        return stages.prepare(replace(config, data=replace(config.data, path=str(records.path))))
     root = Path(config.artifact_root)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=root, prefix=".records-", suffix=".jsonl",
@@ -235,15 +236,15 @@ def prepare_records(config: Config, records: Records) -> Artifact:
         for row in records.rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     try:
-        return pipeline.prepare(replace(config, data=replace(config.data, path=f.name)), label=records.kind)
+        return stages.prepare(replace(config, data=replace(config.data, path=f.name)), label=records.kind)
     finally:
         os.unlink(f.name)
 
 
-def score_artifacts(config: Config, records: Records) -> tuple[Artifact, Artifact]:
+def score_artifacts(config: FilterRunConfig, records: Records) -> tuple[Artifact, Artifact]:
     """(prepare, score) artifacts of the records: built once, resumed after an interruption, then cache hits."""
     examples = prepare_records(config, records)
-    return examples, pipeline.score(config, examples, config.model.weak)
+    return examples, stages.score(config, examples, config.model.weak)
 
 
 # The public calls.
@@ -324,8 +325,8 @@ def filter(data: Any, ratio: float = 0.1, method: str = "superfilter",
     check_no_score_columns(records)
     examples = parse_examples(records, config.data.format, config.data.fields)
     prepared = prepare_records(config, records)
-    scores = pipeline.scores_for_selection(config, prepared)
-    subset = pipeline.select(config, prepared, scores)
+    scores = stages.scores_for_selection(config, prepared)
+    subset = stages.select(config, prepared, scores)
     with open(subset.path / SUBSET_FILE, encoding="utf-8") as f:
         chosen = [json.loads(line)["id"] for line in f if line.strip()]
     first: dict[str, int] = {}

@@ -17,7 +17,7 @@ import yaml
 
 from superfilter.artifacts import check_root
 from superfilter.contracts import DEFAULT_MODEL
-from superfilter.data import FORMATS, check_source_file, file_container
+from superfilter.data import FORMATS, check_source_file, file_container, parse_record
 from superfilter.errors import EXIT_USER_ERROR, DataError, UserError
 
 log = logging.getLogger("superfilter")
@@ -165,8 +165,8 @@ def output_layout(fmt: str | None, out: Path, source: Path) -> tuple[str, str]:
 
 def rewrite(record: dict[str, Any], schema: str, fmt: str, fields: dict[str, str]) -> dict[str, Any]:
     """A record in the Alpaca or ShareGPT schema, its score columns kept."""
+    # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter.api import ADDED_COLUMNS
-    from superfilter.data import parse_record
 
     ex = parse_record(record, fmt, fields, "output record")
     if schema == "alpaca":
@@ -195,6 +195,7 @@ def write_records(records: list[dict[str, Any]], path: Path, container: str) -> 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if container == "parquet":
+            # deferred: numpy/pandas/pyarrow load only for the command that reads tables
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -234,6 +235,7 @@ def check_paths(args: argparse.Namespace) -> Path:
                         "or pass --force to replace it")
     schema, layout = output_layout(args.format, out, source)
     if layout == "parquet" and schema == "records" and file_container(source) != "parquet":
+        # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
         from superfilter.api import read_records
 
         check_parquet_columns(read_records(source).rows, out)
@@ -242,6 +244,7 @@ def check_paths(args: argparse.Namespace) -> Path:
 
 def check_parquet_columns(rows: list[dict[str, Any]], out: Path) -> None:
     """Parquet needs one type per column and integers within int64; JSON has neither rule."""
+    # deferred: numpy/pandas/pyarrow load only for the command that reads tables
     import pyarrow as pa
 
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -257,6 +260,7 @@ def check_parquet_columns(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def run_filter(args: argparse.Namespace) -> None:
+    # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter import api
 
     source = check_paths(args)
@@ -268,6 +272,7 @@ def run_filter(args: argparse.Namespace) -> None:
 
 
 def run_score(args: argparse.Namespace) -> None:
+    # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter import api
 
     source = check_paths(args)
@@ -278,6 +283,7 @@ def run_score(args: argparse.Namespace) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
+    # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter import api
 
     records = api.read_records(Path(args.scores))
@@ -286,9 +292,11 @@ def run_inspect(args: argparse.Namespace) -> None:
 
 def summary(rows: list[dict[str, Any]], name: str, top: int, fields: dict[str, str]) -> str:
     """Counts, skip reasons, IFD quantiles and the examples at both ends, as the score stage's metrics count them."""
+    # deferred: numpy/pandas/pyarrow load only for the command that reads tables
     import numpy as np
     import pandas as pd
 
+    # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter.api import ADDED_COLUMNS
     from superfilter.scoring import ScoreConfig, score_metrics
 
@@ -326,7 +334,6 @@ def _int(value: float) -> str:
 
 
 def preview(row: dict[str, Any], fields: dict[str, str]) -> str:
-    from superfilter.data import parse_record
 
     try:
         text = parse_record(row, "auto", fields, "").prompt
@@ -339,6 +346,7 @@ def preview(row: dict[str, Any], fields: dict[str, str]) -> str:
 def run_models(args: argparse.Namespace) -> None:
     """Several names: each in its own process. A GGUF conversion peaks ~2.4 GB above the interpreter (Gemma-3-270M)
     and a process does not hand back all it freed, so one process per model keeps the peak to one conversion."""
+    # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter.models import model_from_name, resolve_model_dir
 
     specs = [model_from_name(name) for name in args.names]  # an unknown name fails before any work

@@ -10,6 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from superfilter import pipeline
 from superfilter.artifacts import write_json_atomic
 from superfilter.config import to_config
 from superfilter.contracts import EVAL_DIR, EVAL_SUMMARY_FILE, RUN_SUMMARY_FILE
@@ -19,8 +20,6 @@ log = logging.getLogger("superfilter")
 
 
 def run_from_hydra(cfg: DictConfig) -> dict:
-    from superfilter import pipeline
-
     try:
         config = to_config(cfg)
         if config.runtime.num_threads:

@@ -1,59 +1,50 @@
-"""The typed configuration tree: every group's schema, registered with Hydra's ConfigStore."""
+"""The pipeline's whole typed configuration tree (data stages, training, evaluation), registered with Hydra."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
+from hydra import compose
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from eval.config import EvalConfig
-from superfilter.artifacts import check_root
-from superfilter.data import DataConfig
 from superfilter.errors import ConfigError
-from superfilter.models import ModelConfig
-from superfilter.presets import register_model_roles
-from superfilter.runtime import RuntimeConfig
-from superfilter.scoring import ScoreConfig
-from superfilter.selection import SelectConfig
-from superfilter.tracking import TrackingConfig
+from superfilter.presets import CONFIG_NAME, hydra_conf, register_model_roles
+from superfilter.settings import FilterRunConfig
 from train.config import TrainConfig
 
 STAGES = ("score", "select", "train", "eval")
 
 
 @dataclass
-class ModelsConfig:
-    weak: ModelConfig = field(default_factory=ModelConfig)
-    strong: ModelConfig = field(default_factory=ModelConfig)
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelsConfig = field(default_factory=ModelsConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    filter: SelectConfig = field(default_factory=SelectConfig)
+class Config(FilterRunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     stages: list[str] = field(default_factory=lambda: list(STAGES))
-    ratio: float = 0.1
-    seed: int = 42
-    artifact_root: str = "artifacts"
-    name: str = "default"  # the experiment's label: wandb group and report heading
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages: unknown {unknown}; choose a subset of {list(STAGES)}")
+        self.train.validate()
+        self.eval.validate()
 
 
-def register_configs() -> None:
-    store = ConfigStore.instance()
+def register_configs(store: ConfigStore | None = None) -> None:
+    store = store or ConfigStore.instance()
     store.store(name="base_config", node=Config)
     register_model_roles(store)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """What `python run.py <overrides>` composes, from the shipped presets."""
+    with hydra_conf(register_configs):
+        return compose(config_name=CONFIG_NAME, overrides=list(overrides))
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
@@ -69,7 +60,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
             raise ConfigError(omegaconf_message(e)) from None
     else:
         config = cfg
-    validate(config)
+    config.validate()
     return config
 
 
@@ -95,59 +86,3 @@ def omegaconf_message(e: OmegaConfBaseException) -> str:
     return f"{key}: {message}" if key else message
 
 
-def type_problem(value: Any, type_name: str) -> str | None:
-    """What a value of a declared field type should be, when it is not; None when it fits (or is not checked)."""
-    if type_name == "bool":
-        return None if isinstance(value, bool) else "true or false"
-    if type_name == "int":
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if type_name == "float":
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-    if type_name == "str":
-        return None if isinstance(value, str) else "a string"
-    if type_name == "dict[str, str]":
-        ok = isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-        return None if ok else "a mapping of strings to strings"
-    if type_name == "list[str]":
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        return None if ok else "a list of strings"
-    return None
-
-
-def check_types(obj: Any, prefix: str = "") -> None:
-    """Every plain field of a config dataclass holds its declared type. Hydra checks this for run.py; the API and
-    `--set` pass raw values, which would otherwise fail deep inside a stage."""
-    for f in dataclasses.fields(obj):
-        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            check_types(value, f"{prefix}{f.name}.")
-        elif (problem := type_problem(value, type_name)) is not None:
-            raise ConfigError(f"{prefix}{f.name} must be {problem}, got {value!r}")
-
-
-def check_seed(seed: int) -> None:
-    if seed < 0:  # numpy's generators take no negative seed
-        raise ConfigError(f"seed must be >= 0, got {seed}")
-
-
-def validate(config: Config) -> None:
-    check_types(config)
-    unknown = [s for s in config.stages if s not in STAGES]
-    if unknown:
-        raise ConfigError(f"stages: unknown {unknown}; choose a subset of {list(STAGES)}")
-    if not 0.0 < config.ratio <= 1.0:
-        raise ConfigError(f"ratio must be in (0, 1], got {config.ratio}")
-    check_seed(config.seed)
-    check_root(Path(config.artifact_root))
-    for checker in (config.data, config.score, config.filter, config.train, config.eval, config.tracking,
-                    config.runtime):
-        check = getattr(checker, "validate", None)
-        if check is not None:
-            check()
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    """A plain, JSON-able dict of a config dataclass (for artifact keys and saved configs). Not resolved: the
-    dataclass holds final values, and a literal '${' in a path is text, not an interpolation."""
-    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=False)  # type: ignore[return-value]

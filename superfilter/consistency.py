@@ -162,9 +162,11 @@ def markdown_table(report: dict[str, Any], weak_name: str, strong_name: str) -> 
 def scatter_plot(weak: pd.DataFrame, strong: pd.DataFrame, path: Path, weak_name: str = "weak",
                  strong_name: str = "strong") -> Path:
     """Weak vs strong PPL(y|x) and IFD on log axes, coloured by response length; IFD = 1 marked."""
+    # deferred: matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
 
     frame = align(weak, strong)

@@ -233,6 +233,7 @@ def iter_raw_records(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    # deferred: pyarrow loads only for Parquet files
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -493,6 +494,7 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
 
 
 def _iter_hub(cfg: DataConfig) -> Iterator[tuple[int, Any]]:
+    # deferred: datasets loads only for Hub sources
     import datasets
 
     try:

@@ -88,6 +88,7 @@ def encode(texts: Sequence[str], model, tokenizer, batch_size: int, max_length: 
 def embed_texts(texts: Sequence[str], embedder: str, model_cfg: ModelConfig | None = None,
                 batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
     """Embed texts with `embedder` (minilm | weak, the latter using `model_cfg`)."""
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import AutoModel, AutoTokenizer
 
     device = torch.device(device)

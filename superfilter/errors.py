@@ -1,4 +1,4 @@
-"""Error types whose message is shown to users as one line, without a traceback."""
+"""Errors shown to users as one line without a traceback, and the small checks that raise them."""
 
 EXIT_USER_ERROR = 2  # the exit status of `superfilter` and `python run.py` for anything the user can fix
 
@@ -13,3 +13,14 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A malformed or unusable data file; the message names file, line and field."""
+
+
+def one_of(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ConfigError(f"{name}: unknown {unknown}; choose from {list(allowed)}")
+
+
+def check_limit(name: str, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0 (0 = no limit), got {value}")

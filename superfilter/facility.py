@@ -43,6 +43,7 @@ def similarity_from_distance(distance: np.ndarray, dim: int, metric: str) -> np.
 
 def dense_similarity(x: np.ndarray, metric: str) -> np.ndarray:
     """n × n float64 similarity (apricot computes in float64, so building it in float32 would only add a copy)."""
+    # deferred: scikit-learn/apricot load only for the selectors that use them
     from sklearn.metrics import pairwise_distances
 
     distance = pairwise_distances(x.astype(np.float64, copy=False), metric="euclidean")
@@ -52,6 +53,7 @@ def dense_similarity(x: np.ndarray, metric: str) -> np.ndarray:
 def knn_similarity(x: np.ndarray, n_neighbors: int, metric: str) -> sp.csr_matrix:
     """Symmetric sparse similarity that keeps each point's n_neighbors nearest (itself included), like submodlib's
     sparse mode. Indices are int32: apricot's numba kernels are compiled for int32 and reject scikit-learn's int64."""
+    # deferred: scikit-learn/apricot load only for the selectors that use them
     from sklearn.neighbors import NearestNeighbors
 
     n = x.shape[0]
@@ -86,6 +88,7 @@ def facility_location(
     entries); experiments/bench_facility_location measured both. Ties are broken by row order, so callers pass
     rows in a deterministic order.
     """
+    # deferred: scikit-learn/apricot load only for the selectors that use them
     from apricot import FacilityLocationSelection
 
     n = x.shape[0]

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from superfilter.contracts import SUCCESS_MARKER
 from superfilter.errors import ConfigError, UserError
+from superfilter.presets import model_preset
 from superfilter.runtime import choose_dtype, resolve_device
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ def _tiny_chat_template(adds_bos: bool) -> str:
 
 def build_tiny_tokenizer(adds_bos: bool):
     """A byte-level BPE (256-byte initial alphabet, so nothing is unknown) with BOS/EOS/PAD and a chat template."""
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -133,6 +135,7 @@ def build_tiny_tokenizer(adds_bos: bool):
 
 
 def _tiny_config(arch: str, tokenizer):
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import GPT2Config, LlamaConfig
 
     ids = {
@@ -157,6 +160,7 @@ def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
 
     "llama" adds BOS like Gemma; "gpt2" adds none like GPT-2 and SmolLM2, so both BOS code paths get tested.
     """
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import AutoModelForCausalLM
 
     if arch not in TINY_ARCHS:
@@ -254,6 +258,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     from the same config without quantization_config. That model is built on the meta device and takes the
     dequantised tensors themselves (assign=True): one copy of the weights in memory, not two.
     """
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
@@ -334,6 +339,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
     prompts must switch to `padding_side="left"`. A tokenizer without a pad token gets EOS as pad, so mask labels
     with the attention mask, never by comparing ids with pad_token_id.
     """
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device) if isinstance(device, str) else device
@@ -361,6 +367,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The spec's tokenizer as load_model returns it (right padding, EOS as pad where none, chat template rule)."""
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import AutoTokenizer
 
     location, common, on_hub = _location(cfg)
@@ -391,11 +398,9 @@ def _location(cfg: ModelConfig) -> tuple[str, dict[str, Any], bool]:
 def model_from_name(name_or_path: str) -> ModelConfig:
     """A spec from a conf/model/<name>.yaml name (composed as `model/weak=<name>` would), else an existing local
     folder, else a Hub id."""
-    from superfilter.presets import model_preset
-
     preset = model_preset(name_or_path)
     if preset is not None:
-        return preset
+        return ModelConfig(**preset)
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         return ModelConfig(name=local.name, source="local", path=str(local))

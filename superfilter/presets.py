@@ -1,22 +1,19 @@
-"""The conf/ presets, shipped inside the package, composed through Hydra's compose API: configs, models, selectors."""
+"""The conf/ presets shipped inside the package: where they are, each group's options, a model's or selector's file."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from superfilter.errors import UserError
-
-if TYPE_CHECKING:
-    from superfilter.models import ModelConfig
 
 CONFIG_NAME = "config"
 MODEL_GROUP = "model"  # conf/model/<name>.yaml: one file per model, selectable in either role
@@ -43,11 +40,10 @@ def register_model_roles(store: ConfigStore) -> None:
 
 
 @contextmanager
-def _hydra() -> Iterator[GlobalHydra]:
+def hydra_conf(store: Callable[[ConfigStore], None] = register_model_roles) -> Iterator[GlobalHydra]:
+    """Hydra initialised on the shipped conf/, with `store` registering the schemas it needs."""
     # The library also runs inside `python run.py`, where Hydra is already initialised: set that aside meanwhile.
-    from superfilter.config import register_configs
-
-    register_configs()
+    store(ConfigStore.instance())
     outer = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
     try:
@@ -57,35 +53,26 @@ def _hydra() -> Iterator[GlobalHydra]:
         GlobalHydra.instance().hydra = outer
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """What `python run.py <overrides>` composes, from the shipped presets."""
-    with _hydra():
-        return compose(config_name=CONFIG_NAME, overrides=list(overrides))
-
-
 @functools.cache
 def options(group: str) -> tuple[str, ...]:
     """The option names of a config group (`filter`, `model/weak`, ...), as `python run.py --help` lists them."""
-    with _hydra() as hydra:
+    with hydra_conf() as hydra:
         return tuple(sorted(hydra.config_loader().get_group_options(group)))
 
 
-@functools.cache
-def _composed_group(group: str, option: str) -> dict[str, Any]:
-    node = OmegaConf.select(compose_config([f"{group}={option}"]), group.replace("/", "."))
+def _group_file(group: str, option: str) -> dict[str, Any]:
+    node = OmegaConf.load(conf_dir() / group / f"{option}.yaml")
     return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
 
 
-def model_preset(name: str) -> ModelConfig | None:
-    """The ModelConfig `model/weak=<name>` gives, or None when conf/model has no such name."""
-    from superfilter.models import ModelConfig
-
+def model_preset(name: str) -> dict[str, Any] | None:
+    """The fields of conf/model/<name>.yaml (what `model/weak=<name>` sets), or None when there is no such name."""
     if name not in options(f"{MODEL_GROUP}/{MODEL_ROLES[0]}"):
         return None
-    return ModelConfig(**_composed_group(f"{MODEL_GROUP}/{MODEL_ROLES[0]}", name))
+    return _group_file(MODEL_GROUP, name)
 
 
 def filter_preset(method: str) -> dict[str, Any] | None:
-    """The selector's settings as `filter=<method>` composes them (`${model.weak}` left unresolved), or None when
-    conf/filter has no such preset."""
-    return dict(_composed_group("filter", method)) if method in options("filter") else None
+    """The selector's settings as conf/filter/<method>.yaml gives them (`${model.weak}` left unresolved), or None
+    when conf/filter has no such preset."""
+    return _group_file("filter", method) if method in options("filter") else None

@@ -15,7 +15,9 @@ import pandas as pd
 from superfilter.artifacts import write_jsonl
 from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE
 from superfilter.data import Example, read_examples
+from superfilter.embeddings import embed_texts, example_text
 from superfilter.errors import ConfigError, DataError
+from superfilter.facility import facility_location
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig, resolve_device
 from superfilter.tracking import StageRun
@@ -33,7 +35,7 @@ BUDGET_EPSILON = 1e-9
 
 @dataclass
 class SelectConfig:
-    # allow_empty never changes which records are chosen, only whether none is an error (pipeline.select_params
+    # allow_empty never changes which records are chosen, only whether none is an error (superfilter.stages.select_params
     # still keys an allowed-empty run apart, so a run that forbids it never reuses an empty subset).
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size", "allow_empty")
 
@@ -187,8 +189,6 @@ def select_ifd(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, 
 def select_ifd_diverse(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int,
                        embed: Embed | None) -> Choice:
     """Superfiltering.D: the top pool_ratio by IFD (below the threshold), then facility location to the budget."""
-    from superfilter.facility import facility_location
-
     if embed is None:
         raise ValueError("superfilter_d needs an embedder")
     survivors = below_threshold(table, cfg)
@@ -246,6 +246,7 @@ def spread_budget(sizes: Sequence[int], budget: int) -> list[int]:
 def select_kmeans(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None) -> Choice:
     """Diversity only (the paper's k-means ablation): k-means on embeddings, the budget spread evenly over the
     clusters, a seeded random draw inside each (with one cluster this is the random baseline)."""
+    # deferred: scikit-learn/apricot load only for the selectors that use them
     from sklearn.cluster import KMeans
 
     if embed is None:
@@ -403,8 +404,6 @@ def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[An
 
 
 def make_embed(examples: dict[str, Example], cfg: SelectConfig, runtime: RuntimeConfig) -> Embed:
-    from superfilter.embeddings import embed_texts, example_text
-
     def embed(ids: list[str]) -> np.ndarray:
         return embed_texts([example_text(examples[i]) for i in ids], cfg.embedder, cfg.embed_model,
                            cfg.embed_batch_size, resolve_device(runtime.device))

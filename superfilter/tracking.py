@@ -50,12 +50,14 @@ class StageRun:
 
     def image(self, name: str, path: Path) -> None:
         if self._run is not None:
+            # deferred: wandb loads only when tracking is on
             import wandb
 
             self._run.log({f"{self.stage}/{name}": wandb.Image(str(path))})
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self._run is not None:
+            # deferred: wandb loads only when tracking is on
             import wandb
 
             self._run.log({f"{self.stage}/{name}": wandb.Table(columns=columns, data=rows)})
@@ -85,6 +87,7 @@ def stage_run(
     if cfg.mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         yield StageRun(None, stage)
         return
+    # deferred: wandb loads only when tracking is on
     import wandb
 
     os.environ.update(wandb_env(Path(cfg.dir) if cfg.dir else Path(root) / "wandb"))

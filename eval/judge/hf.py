@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from eval.config import JudgeConfig
 from eval.judge.base import (
     ALPACA_EVAL_2_TOKENS,
     Annotation,
@@ -18,6 +17,7 @@ from eval.judge.base import (
     register_judge,
 )
 from eval.lm import forward_tail
+from eval.settings import JudgeConfig
 
 SCORE_VALUES = tuple(range(1, 11))
 # Arena-Hard's judge reasons before its verdict; a small local model is asked for the verdict directly, after this.

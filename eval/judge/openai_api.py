@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from eval.config import JudgeConfig
 from eval.judge.base import KIND_API, Annotation, JudgeError, JudgeRequest, OnResult, parse_reply, register_judge
+from eval.settings import JudgeConfig
 from superfilter.errors import ConfigError
 
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.config import JudgeConfig
 from eval.judge.base import JudgeError, JudgeRequest, OnResult, parse_reply, register_judge
 from eval.pairwise import PROMPT_FIELDS
+from eval.settings import JudgeConfig
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, DataError
 

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.suites import Context, Prompts, Result, Suite, register
+from eval import alpaca_eval
+from eval.generation import Prompt
+from eval.registry import Context, Prompts, Result, Suite, register
+from superfilter.artifacts import write_json_atomic
+from superfilter.data import resolve_path
+from superfilter.errors import DataError, check_limit, one_of
 
 ALPACA_EVAL_VERSIONS = ("v1", "v2")
 
@@ -21,17 +26,11 @@ class AlpacaEvalConfig:
 
 
 def validate(cfg: AlpacaEvalConfig, eval_cfg: Any) -> None:
-    from eval.config import check_limit, one_of
-
     one_of("eval.alpaca_eval.version", [cfg.version], ALPACA_EVAL_VERSIONS)
     check_limit("eval.alpaca_eval.limit", cfg.limit)
 
 
 def reference_path(cfg: AlpacaEvalConfig) -> Path:
-    from eval import alpaca_eval
-    from superfilter.data import resolve_path
-    from superfilter.errors import DataError
-
     path = resolve_path(cfg.reference_path or f"data/alpaca_eval/{alpaca_eval.reference_file(cfg.version)}")
     if not path.is_file():
         raise DataError(f"{path}: no AlpacaEval {cfg.version} reference outputs; "
@@ -44,23 +43,15 @@ def preflight(cfg: AlpacaEvalConfig, eval_cfg: Any) -> None:
 
 
 def _reference(ctx: Context, cfg: AlpacaEvalConfig) -> list[dict[str, str]]:
-    from eval import alpaca_eval
-
     return alpaca_eval.load_reference(reference_path(cfg), ctx.limit(cfg.limit))
 
 
 def prompts(ctx: Context, cfg: AlpacaEvalConfig) -> Prompts:
-    from eval.generation import Prompt
-
     return Prompts(model={"instructions": [Prompt(str(i), r["instruction"])
                                            for i, r in enumerate(_reference(ctx, cfg))]})
 
 
 def run(ctx: Context, cfg: AlpacaEvalConfig) -> Result:
-    from eval import alpaca_eval
-    from superfilter.artifacts import write_json_atomic
-    from superfilter.data import resolve_path
-
     reference, outputs = _reference(ctx, cfg), ctx.outputs["alpaca_eval"]["instructions"]
     judged = ctx.judge_all("alpaca_eval", alpaca_eval.judge_requests(reference, outputs, cfg.version))
     unparseable = sum(not a.ok for a in judged)

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.suites import Context, Prompts, Result, Suite, register
+from eval import arena_hard
+from eval.generation import Prompt
+from eval.judge import judge_label
+from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_jsonl
+from superfilter.data import resolve_path
+from superfilter.errors import ConfigError, DataError, check_limit
 
 
 @dataclass
@@ -19,18 +24,12 @@ class ArenaHardConfig:
 
 
 def validate(cfg: ArenaHardConfig, eval_cfg: Any) -> None:
-    from eval.config import check_limit
-    from superfilter.errors import ConfigError
-
     check_limit("eval.arena_hard.limit", cfg.limit)
     if cfg.bootstrap_rounds < 1:
         raise ConfigError(f"eval.arena_hard.bootstrap_rounds must be >= 1, got {cfg.bootstrap_rounds}")
 
 
 def _files(cfg: ArenaHardConfig) -> tuple[Path, Path]:
-    from superfilter.data import resolve_path
-    from superfilter.errors import DataError
-
     folder = resolve_path(cfg.data_dir)
     files = folder / "question.jsonl", folder / f"{cfg.baseline}.jsonl"
     for path in files:
@@ -45,22 +44,14 @@ def preflight(cfg: ArenaHardConfig, eval_cfg: Any) -> None:
 
 
 def _questions(ctx: Context, cfg: ArenaHardConfig) -> list[Any]:
-    from eval import arena_hard
-
     return arena_hard.load_questions(_files(cfg)[0], ctx.limit(cfg.limit))
 
 
 def prompts(ctx: Context, cfg: ArenaHardConfig) -> Prompts:
-    from eval.generation import Prompt
-
     return Prompts(model={"questions": [Prompt(q.uid, q.prompt) for q in _questions(ctx, cfg)]})
 
 
 def run(ctx: Context, cfg: ArenaHardConfig) -> Result:
-    from eval import arena_hard
-    from eval.judge import judge_label
-    from superfilter.errors import DataError
-
     questions, answers = _questions(ctx, cfg), ctx.outputs["arena_hard"]["questions"]
     baseline_file = _files(cfg)[1]
     baseline_model, baseline = arena_hard.load_answers(baseline_file)

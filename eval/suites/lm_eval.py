@@ -5,14 +5,22 @@ from __future__ import annotations
 import difflib
 import gc
 import importlib.util
+import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.suites import Context, Result, Suite, register
-from superfilter.errors import ConfigError, DataError
+from eval import harness
+from eval.generation import load_tokenizer
+from eval.harness import HUB_TASKS, LOCAL_TASKS, hub_reachable, is_code_task, known_tasks
+from eval.open_llm import BENCHMARKS, write_local_tasks
+from eval.registry import Context, Result, Suite, register
+from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
+from superfilter.data import resolve_path
+from superfilter.errors import ConfigError, DataError, check_limit, one_of
+from superfilter.models import ModelConfig, load_model
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,6 @@ class LmEvalConfig:
 
 def local_tasks() -> dict[str, str]:
     """Every local task name → the Hub task it stands in for ('' when none)."""
-    from eval.harness import LOCAL_TASKS
-
     found = {name: (t.stands_for[0] if t.stands_for else "") for name, t in LOCAL_TASKS.items()}
     found.update({local: hub for hub, local in OPEN_LLM_LOCAL.items()})
     return found
@@ -65,9 +71,6 @@ def twin(name: str) -> str:
 
 
 def validate(cfg: LmEvalConfig, eval_cfg: Any) -> None:
-    from eval.config import check_limit, one_of
-    from eval.harness import is_code_task
-
     one_of("eval.lm_eval.source", [cfg.source], SOURCES)
     one_of("eval.lm_eval.weights", [cfg.weights], WEIGHTS)
     check_limit("eval.lm_eval.limit", cfg.limit)
@@ -93,8 +96,6 @@ def validate(cfg: LmEvalConfig, eval_cfg: Any) -> None:
 
 def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, str, str]]:
     """(entry, task to run, 'hub' | 'local') per entry; fails in one line when an entry cannot run here."""
-    from eval.harness import hub_reachable
-
     needs_hub = [e.task for e in cfg.tasks if not is_local(e.task)]
     if needs_hub and cfg.source != "local" and hub is None:
         hub = hub_reachable()
@@ -119,9 +120,6 @@ def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, s
 
 def preflight(cfg: LmEvalConfig, eval_cfg: Any) -> None:
     """Task names lm-eval does not know (with the closest it does), Hub-only tasks offline, missing local files."""
-    from eval.harness import HUB_TASKS, LOCAL_TASKS, known_tasks
-    from superfilter.data import resolve_path
-
     unknown_ok = {e.task for e in cfg.tasks if is_local(e.task) or e.task in HUB_TASKS}
     others = [e.task for e in cfg.tasks if e.task not in unknown_ok]
     if others:
@@ -143,13 +141,10 @@ def load(ctx: Context, cfg: LmEvalConfig) -> tuple[Any, Any]:
     """The evaluated model in memory: merged weights, or the base model plus the saved LoRA adapter."""
     if cfg.weights == "merged":
         return ctx.load_model()
-    import json
 
+    # deferred: torch/transformers take seconds to import; loaded only when a model is
     from peft import PeftModel
 
-    from eval.generation import load_tokenizer
-    from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
-    from superfilter.models import ModelConfig, load_model
 
     adapter = ctx.model_dir / ADAPTER_DIR
     info = adapter / MODEL_INFO_FILE
@@ -162,10 +157,6 @@ def load(ctx: Context, cfg: LmEvalConfig) -> tuple[Any, Any]:
 
 def render(planned: list[tuple[LmEvalTask, str, str]], cfg: LmEvalConfig, folder: Path) -> None:
     """The local tasks' YAMLs and data in the artifact (paths relative to the folder, so it can be rerun)."""
-    from eval import harness
-    from eval.open_llm import BENCHMARKS, write_local_tasks
-    from superfilter.data import resolve_path
-
     ours = sorted({task for _, task, source in planned if source == "hub" and task in harness.HUB_TASKS})
     if ours:
         harness.render_hub_tasks(ours, folder)
@@ -210,9 +201,9 @@ def _n(ran: str, result: dict[str, Any]) -> int:
 
 def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> list[dict[str, Any]]:
     """Every entry through lm-eval's `simple_evaluate` on the in-memory model; the local tasks land in the artifact."""
+    # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval.tasks import TaskManager
 
-    from eval import harness
 
     planned = plan(cfg)
     folder = ctx.eval_dir / harness.TASKS_FOLDER
@@ -245,8 +236,6 @@ def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> 
 
 
 def run(ctx: Context, cfg: LmEvalConfig) -> Result:
-    from eval import harness
-
     model, tokenizer = load(ctx, cfg)
     try:
         entries = run_entries(ctx, cfg, model, tokenizer)

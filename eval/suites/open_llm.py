@@ -7,7 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.suites import Context, Result, Suite, register
+from eval.open_llm import run_open_llm
+from eval.registry import Context, Result, Suite, register
+from superfilter.data import resolve_path
+from superfilter.errors import check_limit, one_of
 
 OPEN_LLM_TASKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")
 OPEN_LLM_SOURCES = ("auto", "hub", "local")
@@ -26,20 +29,16 @@ class OpenLLMConfig:
 
 
 def validate(cfg: OpenLLMConfig, eval_cfg: Any) -> None:
-    from eval.config import check_limit, one_of
-
     one_of("eval.open_llm.tasks", cfg.tasks, OPEN_LLM_TASKS)
     one_of("eval.open_llm.source", [cfg.source], OPEN_LLM_SOURCES)
     check_limit("eval.open_llm.limit", cfg.limit)
 
 
 def run(ctx: Context, cfg: OpenLLMConfig) -> Result:
-    from eval.open_llm import run_open_llm
-    from superfilter.data import resolve_path
-
     model, tokenizer = ctx.load_model()
     try:
-        result = run_open_llm(model, tokenizer, cfg, resolve_path(cfg.data_dir), ctx.limit(cfg.limit), ctx.device,
+        result = run_open_llm(model, tokenizer, cfg.tasks, cfg.source, cfg.mmlu_subjects, cfg.share_prefix,
+                              resolve_path(cfg.data_dir), ctx.limit(cfg.limit), ctx.device,
                               ctx.cfg.lm_eval_batch_size, ctx.eval_dir)
     finally:
         del model

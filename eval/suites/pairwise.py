@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.suites import Context, Prompts, Result, Suite, Table, register
+from eval import pairwise
+from eval.generation import Prompt
+from eval.judge import JudgeRequest, judge_label
+from eval.pairwise import PROMPT_FIELDS, TestPrompt, review_log, review_log_name
+from eval.registry import Context, Prompts, Result, Suite, Table, register
+from superfilter.artifacts import write_json_atomic
+from superfilter.contracts import JUDGE_DIR
+from superfilter.data import resolve_path
+from superfilter.errors import check_limit, one_of
 
 PAIRWISE_SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
 
@@ -18,17 +26,11 @@ class PairwiseConfig:
 
 
 def validate(cfg: PairwiseConfig, eval_cfg: Any) -> None:
-    from eval.config import check_limit, one_of
-
     one_of("eval.pairwise.sets", cfg.sets, PAIRWISE_SETS)
     check_limit("eval.pairwise.limit", cfg.limit)
 
 
 def prompts(ctx: Context, cfg: PairwiseConfig) -> Prompts:
-    from eval import pairwise
-    from eval.generation import Prompt
-    from superfilter.data import resolve_path
-
     data_dir = resolve_path(cfg.data_dir)
     groups = {name: [Prompt(p.id, p.instruction, p.input)
                      for p in pairwise.load_test_set(name, data_dir, ctx.limit(cfg.limit))] for name in cfg.sets}
@@ -36,10 +38,6 @@ def prompts(ctx: Context, cfg: PairwiseConfig) -> Prompts:
 
 
 def run(ctx: Context, cfg: PairwiseConfig) -> Result:
-    from eval import pairwise
-    from eval.judge import JudgeRequest
-    from eval.pairwise import TestPrompt
-
     if ctx.reference_dir is None:
         skipped = {"skipped": "eval.reference=none (or the model is its own reference): no pairwise partner"}
         return Result(result=skipped, metrics=skipped, notes=["pairwise skipped: no reference model"])
@@ -85,10 +83,6 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
 def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:
     """judge/<set>_wrap_reviews_<judge>.json in the authors' format and name, so their review_eval_score.py and
     `python -m eval.pairwise` recompute W/T/L from it."""
-    from eval.judge import judge_label
-    from eval.pairwise import PROMPT_FIELDS, review_log, review_log_name
-    from superfilter.artifacts import write_json_atomic
-    from superfilter.contracts import JUDGE_DIR
 
     data = [{"id": p.id, PROMPT_FIELDS[name]: p.question, "Answer1": a, "Answer2": b,
              "review": f.raw, "scores": str(f.scores or [-1, -1]),

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.suites import Context, Result, Suite, register
+from eval.generation import load_trained, training_template
+from eval.registry import Context, Result, Suite, register
+from superfilter.artifacts import write_json_atomic, write_jsonl
+from superfilter.data import Example, iter_raw_records, resolve_path
+from superfilter.errors import ConfigError, DataError, check_limit
+from superfilter.scoring.engine import batch_nll, make_engine
+from superfilter.scoring.plans import Pass
+from train.collate import IGNORE, encode
 
 ITEMS_DIR = "reference_nll"  # eval/reference_nll/<set>.jsonl: one line per item, per model
 
@@ -33,9 +40,6 @@ class ReferenceNllConfig:
 
 
 def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
-    from eval.config import check_limit
-    from superfilter.errors import ConfigError
-
     check_limit("eval.reference_nll.limit", cfg.limit)
     if not cfg.paths:
         raise ConfigError("eval.reference_nll.paths is empty: name at least one instruction/answer file")
@@ -57,9 +61,6 @@ def set_name(path: str) -> str:
 
 def load_items(path: str, limit: int = 0) -> list[dict[str, str]]:
     """[{id, instruction, input, output}] of the first `limit` records; fails naming the file and record."""
-    from superfilter.data import iter_raw_records, resolve_path
-    from superfilter.errors import DataError
-
     file = resolve_path(path)
     if not file.is_file():
         raise DataError(f"eval.reference_nll.paths: {file} does not exist")
@@ -86,10 +87,6 @@ def item_nll(model: Any, tokenizer: Any, items: Sequence[dict[str, str]], templa
     states and only the positions that predict answer tokens go through the LM head, a bounded chunk at a time
     (Gemma's is 262k wide: full log-probabilities of a 384-token item are 400 MB).
     """
-    from superfilter.data import Example
-    from superfilter.scoring.engine import batch_nll, make_engine
-    from superfilter.scoring.plans import Pass
-    from train.collate import IGNORE, encode
 
     engine = make_engine(model, tokenizer)
     passes = []
@@ -143,7 +140,6 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _score(ctx: Context, model_dir: Path, sets: dict[str, list[dict[str, str]]], cfg: ReferenceNllConfig
            ) -> dict[str, list[dict[str, Any]]]:
-    from eval.generation import load_trained, training_template
 
     template = training_template(model_dir, ctx.cfg.template)
     model, tokenizer = load_trained(model_dir, ctx.device)
@@ -156,8 +152,6 @@ def _score(ctx: Context, model_dir: Path, sets: dict[str, list[dict[str, str]]],
 
 
 def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
-    from superfilter.artifacts import write_json_atomic, write_jsonl
-
     sets = {set_name(p): load_items(p, ctx.limit(cfg.limit)) for p in cfg.paths}
     ours = _score(ctx, ctx.model_dir, sets, cfg)
     theirs = _score(ctx, ctx.reference_dir, sets, cfg) if ctx.reference_dir is not None else {}

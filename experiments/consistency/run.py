@@ -20,11 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from superfilter import pipeline
-from superfilter.config import Config, to_config
+from superfilter import stages
+from superfilter.config import Config, compose_config, to_config
 from superfilter.consistency import RATIOS, consistency, markdown_table, scatter_plot
 from superfilter.contracts import DEFAULT_MODEL, SCORES_FILE
-from superfilter.presets import compose_config
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("consistency")
@@ -55,14 +54,14 @@ def main() -> None:
     cfg = compose([f"data={args.data}", f"data.limit={args.limit}", f"model/weak={args.weak}",
                    f"model/strong={args.strong}", "tracking.mode=disabled", *args.overrides])
     started = time.perf_counter()
-    examples = pipeline.prepare(cfg)
+    examples = stages.prepare(cfg)
     tables: dict[str, pd.DataFrame] = {}
     runs: dict[str, Any] = {}
     # The score key depends on the model and score settings only, so these are the very artifacts a pipeline
     # run scoring with the same model (as weak scorer, or strong for self_ifd) builds or reuses.
     for role, name, model in (("weak", args.weak, cfg.model.weak), ("strong", args.strong, cfg.model.strong)):
         t0 = time.perf_counter()
-        scores = pipeline.score(cfg, examples, model)
+        scores = stages.score(cfg, examples, model)
         runs[role] = {"model": name, "artifact": str(scores.path), "cache_hit": scores.cached,
                       "seconds_this_call": round(time.perf_counter() - t0, 1), **timing(scores.metrics)}
         tables[role] = pd.read_parquet(scores.path / SCORES_FILE)
@@ -74,7 +73,7 @@ def main() -> None:
     table = markdown_table(report, args.weak, args.strong)
     command = "python experiments/consistency/run.py " + shlex.join(sys.argv[1:])
     report.update(command=command, scoring=runs, wall_seconds=round(time.perf_counter() - started, 1),
-                  score_config=pipeline.key_params(cfg.score))
+                  score_config=stages.key_params(cfg.score))
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (args.out / f"{stem}.md").write_text(table + "\n")
     scatter_plot(tables["weak"], tables["strong"], args.out / f"{stem}.png", args.weak, args.strong)

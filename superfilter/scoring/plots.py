@@ -11,6 +11,7 @@ HISTOGRAM_FILE = "ifd_hist.png"
 
 
 def plot_ifd_histogram(scores: pd.DataFrame, path: Path, title: str) -> None:
+    # deferred: matplotlib loads only when a plot is drawn
     from matplotlib.figure import Figure
 
     ifd = scores["ifd"].to_numpy(dtype=np.float64)

@@ -100,6 +100,7 @@ def merge_shards(shard_dir: Path, layout: list[list[int]], n_records: int):
 
     Arrow, not pandas: concatenation shares the shards' buffers, so the merge costs about one copy of the table.
     """
+    # deferred: pyarrow loads only for Parquet files
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -118,6 +119,7 @@ def merge_shards(shard_dir: Path, layout: list[list[int]], n_records: int):
 
 
 def write_parquet_atomic(table, path: Path) -> None:
+    # deferred: pyarrow loads only for Parquet files
     import pyarrow.parquet as pq
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

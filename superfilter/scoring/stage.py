@@ -12,7 +12,7 @@ import pandas as pd
 
 from superfilter.contracts import SCORES_FILE
 from superfilter.errors import ConfigError, UserError
-from superfilter.models import ModelConfig
+from superfilter.models import ModelConfig, load_model
 from superfilter.runtime import RuntimeConfig, choose_dtype, resolve_device
 from superfilter.scoring.config import SKIP_REASONS, ScoreConfig
 from superfilter.scoring.engine import make_engine
@@ -90,8 +90,6 @@ def score_stage(
                        balance_shards(todo, costs, runtime.num_processes))
         seconds = time.perf_counter() - started
     elif todo:
-        from superfilter.models import load_model
-
         engine = make_engine(*load_model(model, device, dtype=dtype.dtype))
         started = time.perf_counter()
         score_shards_to_dir(engine, examples, layout, todo, cfg, shard_dir, progress=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from superfilter.contracts import SCORE_COLUMNS, TURN_COLUMNS
 from superfilter.data import Example
@@ -108,8 +109,6 @@ def plan_shards(costs: Sequence[float] | np.ndarray, shard_size: int) -> list[li
 
 def progress_bar(total: int, enabled: bool, position: int = 0):
     """The scoring bar; tqdm's own switch TQDM_DISABLE (set by `superfilter ... --quiet`) turns it off too."""
-    from tqdm.auto import tqdm
-
     disabled = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
     return tqdm(total=total, unit="rec", desc="score", disable=disabled, dynamic_ncols=True, position=position,
                 smoothing=0.05, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")

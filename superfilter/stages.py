@@ -1,0 +1,134 @@
+"""The data stages as plain functions over artifacts: prepare, score and select, each a cached folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from superfilter import artifacts
+from superfilter.artifacts import Artifact
+from superfilter.contracts import EXAMPLES_FILE, SCORES_FILE
+from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
+from superfilter.models import ModelConfig
+from superfilter.runtime import (
+    RuntimeConfig,
+    choose_dtype,
+    peak_rss_mb,
+    release_memory,
+    reset_peak_rss,
+    resolve_device,
+)
+from superfilter.scoring import score_stage
+from superfilter.selection import select_stage
+from superfilter.settings import FilterRunConfig, as_dict
+from superfilter.tracking import StageRun, stage_run
+
+log = logging.getLogger(__name__)
+
+# Bump a stage's version when its code changes what it computes: old artifacts then stop matching.
+VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 2, "eval": 1}
+
+Build = Callable[[Path, StageRun], dict[str, Any]]
+
+
+def key_params(obj: Any, drop: tuple[str, ...] = ()) -> Any:
+    """The config fields that decide a stage's result, at every nesting level: each dataclass's RUNTIME_FIELDS
+    (labels, speed and bookkeeping settings) and the fields its `unused_fields()` names are left out."""
+    if is_dataclass(obj):
+        unused = obj.unused_fields() if hasattr(obj, "unused_fields") else ()
+        skip = {*getattr(type(obj), "RUNTIME_FIELDS", ()), *unused, *drop}
+        return {f.name: key_params(getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+    if isinstance(obj, Mapping):
+        return {str(k): key_params(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [key_params(v) for v in obj]
+    return obj
+
+
+def model_params(model: ModelConfig, runtime: RuntimeConfig) -> dict[str, Any]:
+    params = key_params(model)
+    # The dtype that will run, not "auto": bf16 and fp32 results differ, and a store shared by machines with
+    # and without bf16 units must not hand one's results to the other.
+    params["dtype"] = choose_dtype(model.dtype, resolve_device(runtime.device)).name
+    return params
+
+
+def score_params(cfg: FilterRunConfig, model: ModelConfig) -> dict[str, Any]:
+    return {"model": model_params(model, cfg.runtime), "score": key_params(cfg.score)}
+
+
+def select_params(cfg: FilterRunConfig) -> dict[str, Any]:
+    # `full` takes everything whatever the ratio: one key, so a sweep trains the 100% model once.
+    ratio = 1.0 if cfg.filter.name == "full" else cfg.ratio
+    params = {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
+    if cfg.filter.allow_empty:  # its own folder: a run that does not allow an empty subset never reuses one
+        params["allow_empty"] = True
+    return params
+
+
+def run_stage(cfg: FilterRunConfig, name: str, params: dict[str, Any], upstream: list[Artifact], build: Build
+              ) -> Artifact:
+    def tracked_build(out_dir: Path) -> dict[str, Any]:
+        release_memory()  # what earlier stages freed; their models are gone, the allocator still holds the pages
+        measured = reset_peak_rss()
+        started = time.perf_counter()
+        with stage_run(cfg.tracking, name, params, group=cfg.name, root=Path(cfg.artifact_root)) as run:
+            metrics = build(out_dir, run)
+            # This process only: torchrun workers (num_processes > 1) are not counted.
+            metrics["stage_wall_s"] = round(time.perf_counter() - started, 1)
+            metrics["stage_peak_rss_mb"] = round(peak_rss_mb(), 1) if measured else None
+            log.info("%s: %.0f s, peak RSS %s MB", name, metrics["stage_wall_s"], metrics["stage_peak_rss_mb"])
+            run.summary(metrics)
+        return metrics
+
+    return artifacts.run_stage(Path(cfg.artifact_root), name, VERSIONS[name], params, upstream, tracked_build)
+
+
+def prepare(cfg: FilterRunConfig, label: str | None = None) -> Artifact:
+    """label: how messages name the records when data.path is a copy of in-memory records (load_examples)."""
+    params = key_params(cfg.data, drop=("name", "path"))
+    if cfg.data.path:  # content, not location, decides the key: a moved file stays a cache hit
+        path = resolve_path(cfg.data.path)
+        check_source_file(path)  # before hashing it: a named pipe would block the read forever
+        params["file_sha256"] = file_digest(path)
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        examples, report = load_examples(cfg.data, label)
+        write_examples(examples, out_dir / EXAMPLES_FILE)
+        return {"data": cfg.data.name, **as_dict(report)}
+
+    return run_stage(cfg, "prepare", params, [], build)
+
+
+def score(cfg: FilterRunConfig, examples: Artifact, model: ModelConfig) -> Artifact:
+    params = score_params(cfg, model)
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        return score_stage(examples.path / EXAMPLES_FILE, model, cfg.score, cfg.runtime, out_dir, run)
+
+    return run_stage(cfg, "score", params, [examples], build)
+
+
+def select(cfg: FilterRunConfig, examples: Artifact, scores: Artifact | None) -> Artifact:
+    params = select_params(cfg)
+    upstream = [examples] + ([scores] if scores is not None else [])
+
+    def build(out_dir: Path, run) -> dict[str, Any]:
+        scores_path = scores.path / SCORES_FILE if scores is not None else None
+        return select_stage(examples.path / EXAMPLES_FILE, scores_path, cfg.filter, cfg.ratio, cfg.seed,
+                            cfg.runtime, out_dir, run)
+
+    return run_stage(cfg, "select", params, upstream, build)
+
+
+def scores_for_selection(cfg: FilterRunConfig, examples: Artifact) -> Artifact | None:
+    if cfg.filter.scorer == "none":
+        return None
+    model = cfg.model.strong if cfg.filter.scorer == "strong" else cfg.model.weak
+    return score(cfg, examples, model)
+
+
