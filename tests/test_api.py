@@ -1,7 +1,6 @@
-"""The Python API: the pipeline's own scores for a list, a file and a Dataset; field mapping; selection; README."""
+"""The Python API: the pipeline's own scores for a list, a file and a Dataset; field mapping; selection; its docs."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
+from test_docs import code_blocks, doc_section
 
 import superfilter
 from superfilter import api, stages
@@ -155,19 +155,12 @@ def test_import_stays_light():
     assert superfilter.score is api.score and superfilter.select is api.select and superfilter.filter is api.filter
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, flags=re.S | re.M)
-    assert match, f"README has no section {title!r}"
-    return match.group(1)
-
-
-def test_readme_python_example_runs(tmp_path, monkeypatch):
-    (code,) = re.findall(r"```python\n(.*?)```", readme_section("Just filter my data"), flags=re.S)
+def test_documented_python_example_runs(tmp_path, monkeypatch):
+    (code,) = code_blocks(doc_section("Just filter my data"), "python")
     assert 'model="smollm2_135m"' in code
     monkeypatch.setenv(api.ARTIFACTS_ENV, str(tmp_path / "artifacts"))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code.replace('model="smollm2_135m"', 'model="tiny"'), "README.md", "exec"), namespace)
+    exec(compile(code.replace('model="smollm2_135m"', 'model="tiny"'), "<Just filter my data>", "exec"), namespace)
     assert len(namespace["best"]) <= 2 and all(r["ifd"] < 1 for r in namespace["best"])
     assert list((tmp_path / "artifacts" / "score").iterdir())

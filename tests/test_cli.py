@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_docs import code_blocks, doc_section
 
 import superfilter
 from superfilter.cli import main
@@ -125,9 +125,8 @@ def test_bad_options_and_files_exit_with_one_line(work, capsys, argv, message):
     assert not paths["out"].exists()
 
 
-def test_readme_commands_run(work, tmp_path, monkeypatch):
-    section = re.search(r"^## Just filter my data\n(.*?)(?=^## )", (ROOT / "README.md").read_text(), re.S | re.M)
-    (block,) = re.findall(r"```bash\n(.*?)```", section.group(1), flags=re.S)
+def test_documented_commands_run(work, tmp_path, monkeypatch):
+    (block,) = code_blocks(doc_section("Just filter my data"), "bash")
     commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("superfilter ")]
     assert commands and commands[0][:2] == ["superfilter", "filter"]
     (tmp_path / "my_data.jsonl").write_text(work["path"].read_text())
