@@ -14,6 +14,7 @@ from eval.registry import Context, Prompts, Result, get, section
 from superfilter.artifacts import write_json_atomic
 from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, STAGE_CONFIG_FILE
 from superfilter.runtime import RuntimeConfig, release_memory, resolve_device
+from superfilter.stats import PAIRED, verdict_lines
 from superfilter.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,14 @@ def eval_stage(
 
 
 def model_label(model_dir: Path) -> str:
-    """'<filter> <ratio>' from the train stage's upstream select stage; the folder name when that is unknown."""
+    """'<filter> <ratio>%' (or '<filter> <N> tokens' for a token budget) from the train stage's upstream select
+    stage; the folder name when that is unknown."""
     try:
         train_config = json.loads((model_dir / STAGE_CONFIG_FILE).read_text())
         select_dir = Path(train_config["upstream"]["select"]["path"])
         params = json.loads((select_dir / STAGE_CONFIG_FILE).read_text())["params"]
+        if params["filter"].get("budget_tokens"):
+            return f"{params['filter']['name']} {int(params['filter']['budget_tokens']):,} tokens"
         return f"{params['filter']['name']} {100 * float(params['ratio']):g}%"
     except (OSError, KeyError, TypeError, ValueError):
         return model_dir.name
@@ -112,6 +116,9 @@ def _generate(ctx: Context, model_dir: Path, groups: dict[tuple[str, str], list]
 def summary_markdown(ctx: Context, results: dict[str, Result], seconds: float) -> str:
     """The run's evaluation table (eval/summary.md), also printed at the end of the stage."""
     lines = [f"## Evaluation of {ctx.model_name}", "", f"model: `{ctx.model_dir}`"]
+    paired = paired_lines(ctx, results)
+    if paired:
+        lines += ["", "### Paired comparisons (mean per-item difference, 95% bootstrap CI over items)", "", *paired]
     for result in results.values():
         if result.summary:
             lines += ["", *result.summary]
@@ -122,12 +129,31 @@ def summary_markdown(ctx: Context, results: dict[str, Result], seconds: float) -
     return "\n".join(lines)
 
 
+def paired(results: dict[str, Result]) -> list[tuple[str, dict[str, Any]]]:
+    """(suite, comparison) for every comparison a suite put under metrics[<suite>][PAIRED]."""
+    return [(name, c) for name, r in results.items() if isinstance(r.metrics, dict)
+            for c in r.metrics.get(PAIRED, [])]
+
+
+def paired_lines(ctx: Context, results: dict[str, Result]) -> list[str]:
+    """One verdict line per comparison, led by '<model> vs <partner>'."""
+    return [line for _, c in paired(results) for line in verdict_lines([c], f"{ctx.model_name} vs {c['partner']}")]
+
+
+PAIRED_COLUMNS = ["suite", "measure", "partner", "delta", "lo", "hi", "n", "verdict"]
+
+
 def mirror(tracker: StageRun, results: dict[str, Result]) -> None:
-    """Results are on disk first; the tracker gets each suite's headline numbers, tables and images."""
+    """Results are on disk first; the tracker gets each suite's headline numbers, tables, paired comparisons and
+    images."""
     tracker.log({k: v for r in results.values() for k, v in r.headline.items()})
     for result in results.values():
         for t in result.tables:
             tracker.table(t.name, t.columns, t.rows)
+    comparisons = paired(results)
+    if comparisons:
+        tracker.table(PAIRED, PAIRED_COLUMNS, [[suite, *(c.get(k) for k in PAIRED_COLUMNS[1:])]
+                                               for suite, c in comparisons])
     for result in results.values():
         for name, path in result.images.items():
             if Path(path).exists():

@@ -129,7 +129,10 @@ def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     cfg.alpaca_eval.limit = 3
     tracker = Recorder()
     metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, tracker)
-    assert [c[0] for c in tracker.calls] == ["log", "table", "image"] and tracker.calls[1][1] == len(SETS) + 1
+    assert [c[0] for c in tracker.calls] == ["log", "table", "table", "image"]
+    assert tracker.calls[1][1] == len(SETS) + 1 and tracker.calls[2][1] == 2  # paired: pairwise, alpaca_eval
+    assert metrics["pairwise"]["paired"][0]["n"] == metrics["pairwise"]["n"]
+    assert metrics["alpaca_eval"]["paired"][0]["partner"] == "text_davinci_003"
     assert set(tracker.calls[0][1]) == {"pairwise_winning_score", "alpaca_eval_win_rate"}
 
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["unparseable"] == 2 * len(SETS)
