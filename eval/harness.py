@@ -194,14 +194,16 @@ def make_lm(model: Any, tokenizer: Any, device: str, batch_size: int, share_pref
 
 def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = None, limit: int = 0,
              apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
-             gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False) -> dict[str, Any]:
-    """One lm-eval `simple_evaluate` call with the project's fixed seeds; no samples logged."""
+             gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False,
+             log_samples: bool = False) -> dict[str, Any]:
+    """One lm-eval `simple_evaluate` call with the project's fixed seeds; log_samples keeps result["samples"]
+    (per document: its metrics, prompts and answers)."""
     # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval import simple_evaluate
 
     return simple_evaluate(
         model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit or None, task_manager=manager,
-        log_samples=False, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
+        log_samples=log_samples, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
         fewshot_as_multiturn=fewshot_as_multiturn, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
         confirm_run_unsafe_code=allow_code_execution, **SEEDS)
 

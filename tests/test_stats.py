@@ -113,3 +113,52 @@ def test_the_eval_summary_and_tracker_show_every_suites_verdict(tmp_path):
     mirror(tracker, results)
     columns, rows = tracker.tables[stats.PAIRED]
     assert dict(zip(columns, rows[0], strict=True))["verdict"] == "better" and rows[0][0] == "reference_nll"
+
+
+def _tiny_trained(root, name: str, seed: int):
+    import json
+
+    from superfilter.models import build_tiny_model
+
+    folder = root / "train" / name
+    build_tiny_model("llama", folder / "model", seed=seed)
+    (folder / "model" / "superfilter_train.json").write_text(json.dumps({"template": "alpaca"}))
+    (folder / "config.json").write_text(json.dumps({"stage": "train", "key": name * 8}))
+    return folder
+
+
+@pytest.mark.slow
+def test_lm_eval_pairs_two_models_per_document_and_runs_each_model_once(tmp_path, monkeypatch):
+    import json
+
+    from eval.config import EvalConfig
+    from eval.stage import eval_stage
+    from eval.suites import lm_eval
+    from superfilter.runtime import RuntimeConfig
+    from superfilter.tracking import StageRun
+
+    ours, theirs = _tiny_trained(tmp_path, "ours", 1), _tiny_trained(tmp_path, "theirs", 2)
+    cfg = EvalConfig(suites=["lm_eval"], reference="random")
+    cfg.lm_eval = lm_eval.LmEvalConfig(tasks=[lm_eval.LmEvalTask("hellaswag_local", num_fewshot=0, limit=4,
+                                                                    metric="acc_norm,none")],
+                                       source="local", paired=True)
+    out = tmp_path / "eval" / "a.partial"
+    metrics = eval_stage(ours, theirs, cfg, RuntimeConfig(device="cpu"), out, StageRun(None, "eval"))
+    (comparison,) = metrics["lm_eval"][stats.PAIRED]
+    assert comparison["n"] == 4 and comparison["measure"] == "hellaswag_local acc_norm,none"
+    rows = [json.loads(line) for line in (out / "eval" / "lm_eval" / "hellaswag_local.jsonl").read_text().splitlines()]
+    partner = [json.loads(line) for line in
+               (out / "eval" / "lm_eval" / "hellaswag_local.reference.jsonl").read_text().splitlines()]
+    assert len(rows) == len(partner) == 4 and {r["value"] for r in rows} <= {0.0, 1.0}
+    expected = stats.compare({r["id"]: r["value"] for r in rows}, {r["id"]: r["value"] for r in partner},
+                             comparison["measure"], higher_is_better=True, partner=comparison["partner"])
+    assert comparison == expected.to_dict()
+    assert sum(r["value"] for r in rows) / 4 == pytest.approx(metrics["lm_eval"]["hellaswag_local"]["value"])
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("an entry cached for this model ran again")
+
+    monkeypatch.setattr(lm_eval, "run_entries", no_run)
+    again = eval_stage(ours, theirs, cfg, RuntimeConfig(device="cpu"), tmp_path / "eval" / "b.partial",
+                       StageRun(None, "eval"))
+    assert again["lm_eval"] == metrics["lm_eval"]
