@@ -59,14 +59,16 @@ class Comparison:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
     def line(self, label: str = "") -> str:
-        """One markdown-ready line: 'label: measure Δ = x [lo, hi], n = N, ours better on a%: verdict'."""
+        """One markdown-ready line: 'label: measure, lower is better: Δ = x [lo, hi], n = N, better on a% / worse
+        on b% — **verdict**' (the interval is the bootstrap's, at self.confidence)."""
         direction = "higher" if self.higher_is_better else "lower"
-        interval = "no interval (fewer than 2 items)" if not math.isfinite(self.lo) else \
+        interval = "(no interval: fewer than 2 items)" if not math.isfinite(self.lo) else \
             f"[{_signed(self.lo)}, {_signed(self.hi)}]"
+        shares = "" if not self.n else \
+            f", better on {100 * self.share_better:.0f}% / worse on {100 * self.share_worse:.0f}%"
         head = f"{label}: " if label else ""
-        return (f"{head}{self.measure}, {direction} is better: Δ = {_signed(self.delta)} {interval} "
-                f"({100 * self.confidence:g}% CI), n = {self.n}, better on {100 * self.share_better:.0f}% / "
-                f"worse on {100 * self.share_worse:.0f}% of items — **{self.verdict}**")
+        return (f"{head}{self.measure}, {direction} is better: Δ = {_signed(self.delta)} {interval}, n = {self.n}"
+                f"{shares} — **{self.verdict}**")
 
 
 def from_dict(data: Mapping[str, Any]) -> Comparison:
