@@ -218,11 +218,6 @@ def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
         lines.append(f"| {name} | {m['n']} | {m['nll_mean']:.4f} | {m['standard_error']:.4f} "
                      f"| {m['token_weighted_nll']:.4f} | {m['n_truncated']} | {versus} | {lower} "
                      f"| {p['verdict'] if p else '–'} |")
-    if len(comparisons) > 1:  # every item of every set, each set's ids kept apart
-        ours_all = [{**r, "id": f"{name}/{r['id']}"} for name in sets for r in ours[name]]
-        theirs_all = [{**r, "id": f"{name}/{r['id']}"} for name in sets for r in theirs[name]]
-        result["paired_all_sets"] = paired(ours_all, theirs_all, f"all {len(sets)} sets", ctx.reference_name)
-        comparisons.append(result["paired_all_sets"])
     write_json_atomic(folder / "summary.json", result)
     metrics: dict[str, Any] = {name: {k: e["model"][k] for k in ("nll_mean", "standard_error", "n")}
                                for name, e in result["sets"].items()}
