@@ -133,7 +133,7 @@ def select(cfg: Config, examples: Artifact, scores: Artifact | None) -> Artifact
 
 
 def train(cfg: Config, subset: Artifact) -> Artifact:
-    from train.sft import train_stage
+    from train.stage import train_stage
 
     params = train_params(cfg)
 
