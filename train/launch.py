@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from superfilter.contracts import PROJECT_ROOT
 from superfilter.launch import accelerate_config_file, launch_ranks
+from superfilter.runtime import RuntimeConfig, resolve_device
 
 RANK_MODULE = "train.rank"  # its main() reads the job file and trains as one rank
 
 
-def launch(job_file: Path, num_processes: int, device: torch.device, accelerate_config: str,
-           num_threads: int = 0) -> None:
-    if device.type == "cpu":
+def launch(job_file: Path, runtime: RuntimeConfig, accelerate_config: str) -> None:
+    """`runtime.num_processes` ranks on this node (and as many on each follower node when num_nodes > 1)."""
+    if resolve_device(runtime.device).type == "cpu":
         # Ranks share the host's cores; oversubscribing them makes every rank slower than one process alone.
-        threads, config = num_threads or max(1, (os.cpu_count() or 1) // num_processes), None
+        threads = runtime.num_threads or max(1, (os.cpu_count() or 1) // runtime.num_processes)
+        config = None
     else:
         threads, config = None, accelerate_config_file(accelerate_config, "train.accelerate_config")
-    launch_ranks(RANK_MODULE, ["--job", str(job_file)], num_processes, "training ranks", threads=threads,
-                 accelerate_config=config, cwd=PROJECT_ROOT)
+    launch_ranks(RANK_MODULE, ["--job", str(job_file)], runtime.num_processes, "training ranks", threads=threads,
+                 accelerate_config=config, cwd=PROJECT_ROOT, runtime=runtime)

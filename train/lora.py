@@ -28,14 +28,17 @@ def lora_targets(model, cfg: TrainConfig) -> list[str] | str:
     return LORA_TARGETS.get(model.config.model_type, "all-linear")
 
 
+def lora_config(model, cfg: TrainConfig) -> LoraConfig:
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=lora_targets(model, cfg), task_type="CAUSAL_LM")
+
+
 def make_trainable(model, cfg: TrainConfig):
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "full":
         return model
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=lora_targets(model, cfg), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora_config(model, cfg))
 
 
 def keep_adapter_inputs_in_half(model) -> None:

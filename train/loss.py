@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -10,8 +12,10 @@ from superfilter.tokenized import IGNORE
 from train.collate import MicroBatch
 
 
-def token_loss_sum(model, batch: MicroBatch) -> torch.Tensor:
+def token_loss_sum(model, batch: MicroBatch, autocast: AbstractContextManager | None = None) -> torch.Tensor:
     """Summed cross-entropy over the response tokens of the micro-batch (logits only where a target exists).
+
+    `autocast` (mixed precision) covers the model's forward only; the loss is computed in fp32 outside it.
 
     With a frozen LM head (LoRA) the model returns hidden states and FrozenHeadLoss computes loss and gradient
     chunk by chunk, so the positions × vocabulary logits (1,700 × 262k floats = 1.8 GB for a packed Gemma
@@ -25,18 +29,22 @@ def token_loss_sum(model, batch: MicroBatch) -> torch.Tensor:
     frozen = (type(head) is torch.nn.Linear and not any(p.requires_grad for p in head.parameters())
               and getattr(inner.config, "final_logit_softcapping", None) is None)
     if not frozen:
-        logits = model(**kwargs).logits.float()
+        with autocast or nullcontext():
+            logits = model(**kwargs).logits
+        logits = logits.float()
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets, ignore_index=IGNORE, reduction="sum")
     inner.set_output_embeddings(torch.nn.Identity())  # the forward then returns the head's input
     try:
-        hidden = model(**kwargs).logits
+        with autocast or nullcontext():
+            hidden = model(**kwargs).logits
     finally:
         inner.set_output_embeddings(head)
     return FrozenHeadLoss.apply(hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, targets)
 
 
 def causal_lm(model):
-    """The transformers model inside DDP and PEFT wrappers (the one whose lm_head the forward calls)."""
+    """The transformers model inside DDP and PEFT wrappers (the one whose lm_head the forward calls); FSDP2 keeps
+    the module itself."""
     inner = getattr(model, "module", model)
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
@@ -51,8 +59,8 @@ class FrozenHeadLoss(torch.autograd.Function):
         grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
         step = head_chunk(weight.size(0))
         for s in range(0, hidden.size(0), step):
-            # In the head's dtype: the LoRA output can be fp32 beside a bf16 base, and autocast (entered by the
-            # model's forward under accelerate) is not active here. One chunk × vocabulary fp32 buffer, turned into
+            # In the head's dtype: the LoRA output can be fp32 beside a bf16 base, and autocast (around the
+            # model's forward only) is not active here. One chunk × vocabulary fp32 buffer, turned into
             # softmax − onehot in place: a second or third buffer of that size was a third of the train stage's peak.
             chunk = targets[s:s + step]
             rows = torch.nonzero(chunk != IGNORE).squeeze(1)

@@ -21,18 +21,19 @@ from accelerate.utils import set_seed
 
 from superfilter.artifacts import read_json, write_json_atomic
 from superfilter.contracts import LOSS_CURVE_FILE, TRAIN_METRICS_FILE, TRAIN_RESULT_FILE
-from superfilter.models import load_model
-from superfilter.runtime import choose_dtype, resolve_device
+from superfilter.runtime import choose_dtype, peak_rss_mb
 from superfilter.tracking import StageRun
 from train import report
-from train.accelerator import check_world_size, make_accelerator, reset_accelerate, weights_dtype
 from train.batches import Step, accumulation_steps, plan, steps_per_epoch, total_steps
-from train.checkpoints import CHECKPOINT_DIR, resume, save_checkpoint, save_outputs, trainable_only
+from train.checkpoints import CHECKPOINT_DIR, Trainer, resume, save_checkpoint, save_outputs
 from train.collate import EncodeReport, encode_all
 from train.job import TrainJob, check_encoded, check_template, read_subset
 from train.lora import keep_adapter_inputs_in_half, make_trainable
 from train.optim import make_optimizer, make_scheduler
+from train.precision import make_precision, weights_dtype
+from train.sharding import Strategy, build_model, check_world, shard
 from train.step import train_step
+from train.world import World, join_world, leave_world
 
 log = logging.getLogger(__name__)
 
@@ -41,94 +42,89 @@ SAMPLES_DIR = "samples"  # per rank: which records each step trained on
 
 
 def run(job: TrainJob, out_dir: Path, tracker: StageRun | None = None) -> dict[str, Any]:
-    """Train as one rank (or alone when num_processes is 1); the result on the main process, {} on the others."""
+    """Train as one rank (or alone when the world is one process); the result on rank 0, {} on the others."""
     started = time.perf_counter()
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file checkpoint messages drown the step log
-    cfg = job.train
-    device = resolve_device(job.runtime.device)
-    if job.runtime.num_threads and device.type == "cpu":
-        torch.set_num_threads(job.runtime.num_threads)
-    n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, job.runtime.num_processes)
-    in_process = job.runtime.num_processes == 1
-    if in_process:
-        reset_accelerate()  # the pipeline may train twice in one process, with different settings
-    accelerator = make_accelerator(device, cfg, n_micro)
+    strategy = check_world(job.train, job.runtime)
+    world = join_world(job.runtime.device, job.runtime.world_size)
     try:
-        check_world_size(accelerator.num_processes, job.runtime.num_processes)
-        return _train(job, out_dir, tracker, accelerator, n_micro, started)
+        if job.runtime.num_threads and world.device.type == "cpu":
+            torch.set_num_threads(job.runtime.num_threads)
+        return _train(job, out_dir, tracker, world, strategy, started)
     finally:
-        if in_process:
-            reset_accelerate()
+        leave_world(world)
 
 
-def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, accelerator, n_micro: int,
+def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, world: World, strategy: Strategy,
            started: float) -> dict[str, Any]:
     cfg = job.train
     set_seed(job.seed)
     examples = read_subset(Path(job.subset_path))
     check_template(job.model, cfg)
-    weights = weights_dtype(job, accelerator.device)
-    precision = {"dtype": str(weights).removeprefix("torch."), "mixed_precision": accelerator.mixed_precision,
-                 "dtype_reason": choose_dtype(job.model.dtype, accelerator.device).reason}
-    log.info("train: weights in %s, autocast %s (%s)", *precision.values())
-    model, tokenizer = load_model(job.model, accelerator.device, dtype=weights, for_training=True)
+    precision = make_precision(cfg.mixed_precision, world.device, strategy)
+    weights = weights_dtype(job, world.device)
+    info = {"dtype": str(weights).removeprefix("torch."), "mixed_precision": precision.mode,
+            "dtype_reason": choose_dtype(job.model.dtype, world.device).reason}
+    log.info("train: %s; weights in %s, autocast %s (%s)", strategy.describe(world.size), *info.values())
+    model, tokenizer = build_model(job.model, world, strategy, weights)
     encoded, enc_report = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
     check_encoded(encoded, enc_report, tokenizer, Path(job.subset_path), cfg.template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     del tokenizer  # Gemma-3's 262k-word tokenizer holds 0.23 GB through training; save_outputs loads it again
     model = make_trainable(model, cfg)
-    if accelerator.mixed_precision != "no":
+    if precision.mode != "no":
         keep_adapter_inputs_in_half(model)
     n_trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, world.size)
     steps = plan(len(encoded), cfg.batch_size, total_steps(len(encoded), cfg.batch_size, cfg.epochs, cfg.max_steps),
                  job.seed)
-    optimizer = make_optimizer(model, cfg)
+    model = shard(model, world, strategy, precision.autocast_dtype)
+    loaded_rss = peak_rss_mb()
+    log.info("train: model ready on rank %d, host memory peak %s MB", world.rank,
+             f"{loaded_rss:,.0f}" if loaded_rss is not None else "unknown")
+    optimizer = make_optimizer(model, cfg)  # after sharding: FSDP replaces the parameters by their shards
+    # Stepped once per optimizer step by this loop: the schedule counts global steps, whatever the world.
     scheduler = make_scheduler(optimizer, cfg, len(steps))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: accelerate would step it once per process; our schedule counts global optimizer steps.
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_save_state_pre_hook(trainable_only)
+    trainer = Trainer(world, strategy, precision, model, optimizer, scheduler, trainable_only=cfg.method == "lora")
 
-    done = resume(accelerator, out_dir, steps)
-    rank = accelerator.process_index
+    done = resume(trainer, out_dir, steps)
     metrics_file = out_dir / TRAIN_METRICS_FILE
-    samples_file = out_dir / SAMPLES_DIR / f"rank{rank}.jsonl"
-    if accelerator.is_main_process:
+    samples_file = out_dir / SAMPLES_DIR / f"rank{world.rank}.jsonl"
+    if world.is_main:
         report.truncate_metrics(metrics_file, done)
     samples_file.parent.mkdir(parents=True, exist_ok=True)
     report.truncate_metrics(samples_file, done)
-    accelerator.wait_for_everyone()
+    world.barrier()
     log.info("train: %s %s on %d records, %d steps of %d (micro %d × %d accumulation × %d processes)%s",
              cfg.method, job.model.name, len(encoded), len(steps), cfg.batch_size, cfg.micro_batch_size, n_micro,
-             accelerator.num_processes, f", resuming after step {done}" if done else "")
+             world.size, f", resuming after step {done}" if done else "")
 
     lengths = [e.n_tokens for e in encoded]
     seen_before = list(itertools.accumulate(len(s.records) for s in steps))
     loop_started = time.perf_counter()
     for step in steps[done:]:
-        row, shares = train_step(accelerator, model, optimizer, scheduler, step, encoded, lengths, pad_id, cfg,
-                                 n_micro)
+        row, shares = train_step(trainer, step, encoded, lengths, pad_id, cfg, n_micro)
         row["examples_seen"] = seen_before[step.index - 1]
         report.append_metrics(samples_file, {"step": step.index, "epoch": step.epoch, "ids": shares})
-        if accelerator.is_main_process:
+        if world.is_main:
             report.append_metrics(metrics_file, row)
             if tracker is not None:
                 tracker.log(row, step=step.index)
             log.info("train: step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s", step.index, len(steps),
                      row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"])
         if cfg.save_steps and step.index % cfg.save_steps == 0 and step.index < len(steps):
-            save_checkpoint(accelerator, out_dir, step.index, cfg.keep_checkpoints)
+            save_checkpoint(trainer, out_dir, step.index, cfg.keep_checkpoints)
     loop_time = time.perf_counter() - loop_started
 
-    save_outputs(accelerator, model, job, out_dir)
+    save_outputs(trainer, job, out_dir)
+    host_peaks = world.gather(peak_rss_mb())
     result = {}
-    if accelerator.is_main_process:
+    if world.is_main:
         result = finish(job, out_dir, tracker, enc_report, steps, {
-            "world_size": accelerator.num_processes, "gradient_accumulation_steps": n_micro,
+            "world_size": world.size, "strategy": strategy.name, "gradient_accumulation_steps": n_micro,
             "resumed_after_step": done, "trainable_params": n_trainable_params, "train_loop_s": loop_time,
-            "wall_s": time.perf_counter() - started, **precision,
+            "wall_s": time.perf_counter() - started, "host_peak_rss_mb_per_rank": host_peaks, **info,
         })
-    accelerator.wait_for_everyone()
+    world.barrier()
     return result
 
 

@@ -1,4 +1,4 @@
-"""Several scoring processes: shards balanced over workers, launched with torchrun."""
+"""Several scoring processes, on one node or several: shards balanced over workers, launched with torchrun."""
 
 from __future__ import annotations
 
@@ -31,8 +31,11 @@ def balance_shards(shards: Sequence[int], costs: Sequence[float], n_workers: int
 
 def launch_workers(examples_path: Path, model: ModelConfig, cfg: ScoreConfig, runtime: RuntimeConfig,
                    shard_dir: Path, assignment: list[list[int]]) -> None:
-    """Score the assigned shards with torchrun, one process per entry (per GPU, or CPU processes)."""
-    n = len(assignment)
+    """Score the assigned shards with torchrun, one process per entry (global rank: node-major over
+    `runtime.num_nodes` nodes of `runtime.num_processes` each, per GPU or CPU processes)."""
+    n = runtime.num_processes
+    if len(assignment) != runtime.world_size:
+        raise ValueError(f"{len(assignment)} shares for {runtime.world_size} processes")
     device = resolve_device(runtime.device)
     if device.type == "cuda" and n > torch.cuda.device_count():
         raise ConfigError(f"runtime.num_processes={n} but only {torch.cuda.device_count()} GPUs are visible")
@@ -43,4 +46,4 @@ def launch_workers(examples_path: Path, model: ModelConfig, cfg: ScoreConfig, ru
     write_json_atomic(job_path, job)
     # torchrun on GPUs too: a worker picks its own GPU and only waits at a gloo barrier, no accelerate needed.
     launch_ranks("superfilter.scoring.worker", [str(job_path)], n, f"{device.type} scoring workers", threads=threads,
-                 hint=f"finished shards are kept in {shard_dir} and a rerun resumes from them")
+                 hint=f"finished shards are kept in {shard_dir} and a rerun resumes from them", runtime=runtime)
