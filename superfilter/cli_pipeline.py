@@ -15,6 +15,7 @@ from superfilter.artifacts import write_json_atomic
 from superfilter.config import to_config
 from superfilter.contracts import EVAL_DIR, EVAL_SUMMARY_FILE, RUN_SUMMARY_FILE
 from superfilter.errors import EXIT_USER_ERROR, UserError
+from superfilter.launch import follow, is_follower, release_followers
 
 log = logging.getLogger("superfilter")
 
@@ -24,7 +25,13 @@ def run_from_hydra(cfg: DictConfig) -> dict:
         config = to_config(cfg)
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
-        summary = pipeline.run(config)
+        if is_follower(config.runtime):  # nodes 1.. of a multi-node run: their ranks of node 0's launches only
+            follow(config.runtime)
+            return {}
+        try:
+            summary = pipeline.run(config)
+        finally:
+            release_followers(config.runtime)
     except (UserError, OSError) as e:  # OSError: an unwritable folder, a full disk
         message = " ".join(str(e).split())
         log.error("%s", message)

@@ -17,6 +17,7 @@ from superfilter.runtime import resolve_device
 from superfilter.selection import SelectConfig
 from superfilter.stages import key_params, model_params, prepare, run_stage, score, scores_for_selection, select
 from train.config import resolve_mixed_precision
+from train.stage import check as check_train
 from train.stage import train_stage
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def run(cfg: Config) -> dict[str, Any]:
     done: dict[str, Artifact] = {}
     if "eval" in cfg.stages:
         check_eval(cfg.eval)  # unknown tasks, missing files, Hub-only tasks offline: fail before any model loads
+    if set(cfg.stages) & {"train", "eval"}:
+        check_train(cfg.train, cfg.runtime)  # a world that cannot train this config: fail before scoring
     examples = done["prepare"] = prepare(cfg)
     wanted = set(cfg.stages)
     if "score" in wanted:
