@@ -37,15 +37,18 @@ from superfilter.models import ModelConfig, load_model, model_from_name  # noqa:
 from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
 from train import report  # noqa: E402
-from train.accelerator import make_accelerator, reset_accelerate  # noqa: E402
 from train.batches import accumulation_steps, plan  # noqa: E402
+from train.checkpoints import Trainer  # noqa: E402
 from train.collate import encode_all  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.job import read_subset  # noqa: E402
 from train.lora import make_trainable  # noqa: E402
 from train.optim import make_optimizer, make_scheduler  # noqa: E402
+from train.precision import make_precision  # noqa: E402
+from train.sharding import Strategy  # noqa: E402
 from train.stage import train_stage  # noqa: E402
 from train.step import train_step  # noqa: E402
+from train.world import World  # noqa: E402
 
 MODES = {"padding": False, "packing": True}
 
@@ -66,22 +69,21 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
     """Tokens/s of the stage's own train_step, padded and packed runs alternating on the same records."""
     device = torch.device("cpu")
     n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, 1)
-    reset_accelerate()
-    accelerator = make_accelerator(device, cfg, n_micro)
     model, tokenizer = load_model(model_from_name(args.model), device, for_training=True)
     encoded, _ = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
     model = make_trainable(model, cfg)
     optimizer = make_optimizer(model, cfg)
     steps = plan(len(encoded), cfg.batch_size, 1 + args.repeats * args.steps, seed=0)
     scheduler = make_scheduler(optimizer, cfg, len(steps))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    single = Strategy("single", "")
+    trainer = Trainer(World(0, 1, 0, device), single, make_precision(cfg.mixed_precision, device, single), model,
+                      optimizer, scheduler, trainable_only=cfg.method == "lora")
     lengths = [e.n_tokens for e in encoded]
     pad_id = tokenizer.pad_token_id or 0
 
     def run(step, packing: bool) -> dict:
         cpu = time.process_time()
-        row, _ = train_step(accelerator, model, optimizer, scheduler, step, encoded, lengths, pad_id,
-                            replace(cfg, packing=packing), n_micro)
+        row, _ = train_step(trainer, step, encoded, lengths, pad_id, replace(cfg, packing=packing), n_micro)
         return {**row, "cpu_s": time.process_time() - cpu}
 
     run(steps[0], False)  # warm-up: first-call allocations and kernel selection
@@ -105,7 +107,6 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
                       sum(s["tokens"] for s in runs), "step_time_s_median":
                       statistics.median(s["time_s"] / args.steps for s in runs),
                       "tokens_per_cpu_s_median": statistics.median(s["tokens"] / s["cpu_s"] for s in runs)})
-    reset_accelerate()
     return table
 
 
