@@ -171,14 +171,19 @@ def shard(model, world: World, strategy: Strategy, param_dtype: torch.dtype | No
     if strategy.name == "ddp":
         return DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
     full = model.state_dict() if world.is_main else {}
+    fully_shard_layers(model, world, strategy, param_dtype)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def fully_shard_layers(model, world: World, strategy: Strategy, param_dtype: torch.dtype | None) -> None:
+    """FSDP2 on each decoder layer, then the root; parameters become shards (DTensors) on the world's devices."""
     mesh = init_device_mesh(world.device.type, (world.size,))
     # Gathered weights and the forward in the autocast dtype, gradients reduced in fp32 (torchtitan's default).
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=strategy.reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    return model
 
 
 def accumulating(model, strategy: Strategy, last: bool) -> AbstractContextManager:
