@@ -1,9 +1,11 @@
-"""GPU acceptance run: scoring parity and throughput, attention kernels, LoRA, generation and the smoke pipeline.
+"""GPU acceptance run: scoring parity and throughput, attention kernels, LoRA, generation and the smoke pipeline;
+with two or more GPUs also FSDP and DDP training, multi-process scoring and the train stage launched over them.
 
-On a CUDA machine with torch, transformers, accelerate and peft installed and no network:
+On a CUDA machine with the GPU image's packages (README.md) and no network:
     python experiments/gpu_check/check.py --wheels WHEEL_DIR
 installs the rest from WHEEL_DIR (`--prepare-wheels WHEEL_DIR` fills it on a machine with network) and prints one
-table. `--device cpu --small` runs the same checks with small shapes on a CPU (the test suite does).
+table. `--device cpu --small --processes 2` runs the same checks with small shapes on a CPU (the test suite does);
+`--dry-run` prints what would run.
 """
 
 from __future__ import annotations

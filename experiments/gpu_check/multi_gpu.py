@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                 "step_time_s": statistics.median(r["step_time_s"] for r in timed),
                 "loss": [r["loss"] for r in rows], "peaks": peaks,
             }))
+        world.barrier()  # leave together: a gloo rank tearing down while its peer still writes can hang
     finally:
         leave_world(world)
 
