@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from superfilter import pipeline
@@ -22,6 +23,8 @@ log = logging.getLogger("superfilter")
 def run_from_hydra(cfg: DictConfig) -> dict:
     try:
         config = to_config(cfg)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not config.tracking.group:  # one W&B group per sweep
+            config.tracking.group = f"{config.name} · {HydraConfig.get().sweep.dir}"
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
         summary = pipeline.run(config)

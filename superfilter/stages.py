@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from superfilter.runtime import (
 from superfilter.scoring import score_stage
 from superfilter.selection import select_stage
 from superfilter.settings import FilterRunConfig, as_dict
-from superfilter.tracking import StageRun, stage_run
+from superfilter.tracking import NAME_SEPARATOR, Reference, RunSpec, StageRun, stage_run, tag
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +71,76 @@ def select_params(cfg: FilterRunConfig) -> dict[str, Any]:
     return params
 
 
-def run_stage(cfg: FilterRunConfig, name: str, params: dict[str, Any], upstream: list[Artifact], build: Build
-              ) -> Artifact:
-    def tracked_build(out_dir: Path) -> dict[str, Any]:
-        release_memory()  # what earlier stages freed; their models are gone, the allocator still holds the pages
-        measured = reset_peak_rss()
-        started = time.perf_counter()
-        with stage_run(cfg.tracking, name, params, group=cfg.name, root=Path(cfg.artifact_root)) as run:
+def selection_label(cfg: FilterRunConfig) -> str:
+    """How runs, tables and plots name a selection: `superfilter 10%`, `random 1000 records`, `full 100%`."""
+    if cfg.filter.count and cfg.filter.name != "full":
+        return f"{cfg.filter.name} {cfg.filter.count} records"
+    share = f"{cfg.filter.name} {100 * select_params(cfg)['ratio']:g}%"
+    return f"{share} of {cfg.filter.base}" if cfg.filter.base and cfg.filter.name != "full" else share
+
+
+SELECTION_STAGES = ("select", "train", "eval")  # the stages whose folder belongs to one selection
+
+
+def stage_label(cfg: FilterRunConfig, stage: str) -> str:
+    """The second half of a stage's W&B run name, `<stage> · <label>`: what this stage's folder is of."""
+    if stage == "prepare":
+        return cfg.data.name
+    if stage == "score":
+        return f"{cfg.data.name}{NAME_SEPARATOR}{cfg.model.weak.name}"
+    if stage == "select":
+        return f"{selection_label(cfg)}{NAME_SEPARATOR}{cfg.data.name}"
+    return f"{selection_label(cfg)}{NAME_SEPARATOR}{cfg.model.strong.name}"
+
+
+def run_tags(cfg: FilterRunConfig, stage: str) -> tuple[str, ...]:
+    """data always; a selection's stages also the weak and strong model, filter and ratio (prepare and score
+    folders are shared by every selection of a sweep, so they carry none of it)."""
+    if stage not in SELECTION_STAGES:
+        return (tag("data", cfg.data.name),)
+    return (tag("data", cfg.data.name), tag("weak", cfg.model.weak.name), tag("strong", cfg.model.strong.name),
+            tag("filter", cfg.filter.name), tag("ratio", f"{select_params(cfg)['ratio']:g}"))
+
+
+def run_spec(cfg: FilterRunConfig, stage: str, key: str, params: dict[str, Any], upstream: list[Artifact],
+             label: str) -> RunSpec:
+    """The W&B run of one stage: its key and its upstream folders' keys in the config, so that two runs of one
+    stage differ where their inputs do, and the upstream folders as input artifacts (the lineage graph)."""
+    inputs = tuple(Reference(a.path.parent.name, a.key, a.path) for a in upstream)
+    config = {**params, "stage_key": key, "experiment": cfg.name, "upstream": {a.stage: a.key for a in upstream}}
+    if stage in SELECTION_STAGES:
+        config["selection"] = selection_label(cfg)
+    return RunSpec(stage, label, cfg.tracking.group or cfg.name, run_tags(cfg, stage), config, inputs)
+
+
+def run_stage(cfg: FilterRunConfig, name: str, params: dict[str, Any], upstream: list[Artifact], build: Build,
+              label: str = "") -> Artifact:
+    """The stage's artifact, built (and tracked as one W&B run) only when no finished folder has its key.
+    label: the run name's second half; empty = stage_label(cfg, name)."""
+    root = Path(cfg.artifact_root)
+    key = artifacts.stage_key(name, VERSIONS[name], params, upstream)
+    spec = run_spec(cfg, name, key, params, upstream, label or stage_label(cfg, name))
+    runs: list[StageRun] = []
+    with contextlib.ExitStack() as tracked:  # the run stays open until the folder has its final name
+
+        def tracked_build(out_dir: Path) -> dict[str, Any]:
+            release_memory()  # what earlier stages freed; their models are gone, the allocator still holds the pages
+            measured = reset_peak_rss()
+            started = time.perf_counter()
+            run = tracked.enter_context(stage_run(cfg.tracking, spec, root))
+            runs.append(run)
             metrics = build(out_dir, run)
             # This process only: torchrun workers (num_processes > 1) are not counted.
             metrics["stage_wall_s"] = round(time.perf_counter() - started, 1)
             metrics["stage_peak_rss_mb"] = round(peak_rss_mb(), 1) if measured else None
             log.info("%s: %.0f s, peak RSS %s MB", name, metrics["stage_wall_s"], metrics["stage_peak_rss_mb"])
             run.summary(metrics)
-        return metrics
+            return metrics
 
-    return artifacts.run_stage(Path(cfg.artifact_root), name, VERSIONS[name], params, upstream, tracked_build)
+        artifact = artifacts.run_stage(root, name, VERSIONS[name], params, upstream, tracked_build)
+        for run in runs:
+            run.output(Reference(name, key, artifact.path))
+    return artifact
 
 
 def prepare(cfg: FilterRunConfig, label: str | None = None) -> Artifact:
@@ -110,7 +165,7 @@ def score(cfg: FilterRunConfig, examples: Artifact, model: ModelConfig) -> Artif
     def build(out_dir: Path, run) -> dict[str, Any]:
         return score_stage(examples.path / EXAMPLES_FILE, model, cfg.score, cfg.runtime, out_dir, run)
 
-    return run_stage(cfg, "score", params, [examples], build)
+    return run_stage(cfg, "score", params, [examples], build, f"{cfg.data.name}{NAME_SEPARATOR}{model.name}")
 
 
 def select(cfg: FilterRunConfig, examples: Artifact, scores: Artifact | None) -> Artifact:
