@@ -13,7 +13,15 @@ from typing import Any
 from superfilter import artifacts
 from superfilter.artifacts import Artifact
 from superfilter.contracts import EXAMPLES_FILE, SCORES_FILE
-from superfilter.data import check_source_file, file_digest, load_examples, resolve_path, write_examples
+from superfilter.data import (
+    LoadReport,
+    check_source_file,
+    file_digest,
+    iter_examples,
+    resolve_path,
+    resolve_revision,
+    write_examples,
+)
 from superfilter.models import ModelConfig
 from superfilter.runtime import (
     RuntimeConfig,
@@ -144,17 +152,24 @@ def run_stage(cfg: FilterRunConfig, name: str, params: dict[str, Any], upstream:
 
 
 def prepare(cfg: FilterRunConfig, label: str | None = None) -> Artifact:
-    """label: how messages name the records when data.path is a copy of in-memory records (load_examples)."""
+    """label: how messages name the records when data.path is a copy of in-memory records (load_examples).
+
+    A Hub source is pinned first: the commit it is read at is part of the key (and so of config.json), so a
+    dataset changed on the Hub is a new artifact, never a silent cache hit on the old records."""
     params = key_params(cfg.data, drop=("name", "path"))
     if cfg.data.path:  # content, not location, decides the key: a moved file stays a cache hit
         path = resolve_path(cfg.data.path)
         check_source_file(path)  # before hashing it: a named pipe would block the read forever
         params["file_sha256"] = file_digest(path)
+    revision = resolve_revision(cfg.data)
+    if revision:
+        params["revision"] = revision
 
     def build(out_dir: Path, run) -> dict[str, Any]:
-        examples, report = load_examples(cfg.data, label)
-        write_examples(examples, out_dir / EXAMPLES_FILE)
-        return {"data": cfg.data.name, **as_dict(report)}
+        report = LoadReport()
+        # Written as read: a streamed Hub dataset never has to fit in memory.
+        write_examples(iter_examples(cfg.data, report, label, revision), out_dir / EXAMPLES_FILE)
+        return {"data": cfg.data.name, **({"revision": revision} if revision else {}), **as_dict(report)}
 
     return run_stage(cfg, "prepare", params, [], build)
 
