@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from superfilter.artifacts import write_jsonl
-from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE
+from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE, TURN_COLUMNS
 from superfilter.data import Example, read_examples
 from superfilter.embeddings import embed_texts, example_text
 from superfilter.errors import ConfigError, DataError
@@ -374,17 +374,32 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def output_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """The score columns as every output shows them (subset.jsonl, the command, the API): skip_reason null, not
+    "", when the record was scored, so that `isna()` counts the scored records."""
+    out = table.copy()
+    if "skip_reason" in out:
+        out["skip_reason"] = pd.Series([None if v is None or v == "" else str(v) for v in out["skip_reason"]],
+                                       index=out.index, dtype=object)
+    return out
+
+
 def subset_records(examples: dict[str, Example], table: pd.DataFrame, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The chosen records in selection order, each with its scores (NaN written as null)."""
-    score_columns = [c for c in SCORE_COLUMNS if c != "id" and c in table]
-    by_id = table.set_index("id")
+    """The chosen records in selection order, in one flat shape: the record's fields, `rank`, then the score
+    columns the command and the API add (NaN written as null, skip_reason null when scored). `history` is written
+    only when a chosen record has one: a column of empty lists would load as a list of nulls in `datasets`."""
+    score_columns = [c for c in (*SCORE_COLUMNS, *TURN_COLUMNS) if c != "id" and c in table]
+    by_id = output_scores(table).set_index("id")
+    multi_turn = any(examples[id_].history for id_ in ids)
     records = []
     for rank, id_ in enumerate(ids):
         record = examples[id_].to_dict()
+        if not multi_turn:
+            del record["history"]
         record["rank"] = rank
         if score_columns:
             row = by_id.loc[id_]
-            record["scores"] = {c: _json_value(row[c]) for c in score_columns}
+            record.update({c: _json_value(row[c]) for c in score_columns})
         records.append(record)
     return records
 
@@ -396,10 +411,9 @@ def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[An
     picks += [("bottom", r) for r in records[max(TABLE_ROWS, len(records) - TABLE_ROWS):]]
     rows = []
     for end, r in picks:
-        scores = r.get("scores", {})
-        rows.append([end, r["rank"], r["id"], scores.get("ifd"), scores.get("ppl_conditioned"),
-                     scores.get("n_response_tokens"), r["instruction"][:TEXT_PREVIEW_CHARS],
-                     r["input"][:TEXT_PREVIEW_CHARS], r["output"][:TEXT_PREVIEW_CHARS]])
+        rows.append([end, r["rank"], r["id"], r.get("ifd"), r.get("ppl_conditioned"), r.get("n_response_tokens"),
+                     r["instruction"][:TEXT_PREVIEW_CHARS], r["input"][:TEXT_PREVIEW_CHARS],
+                     r["output"][:TEXT_PREVIEW_CHARS]])
     return columns, rows
 
 
@@ -415,7 +429,7 @@ def select_stage(
     examples_path: Path, scores_path: Path | None, cfg: SelectConfig, ratio: float, seed: int,
     runtime: RuntimeConfig, out_dir: Path, tracker: StageRun,
 ) -> dict[str, Any]:
-    """Write out_dir/subset.jsonl (records with their scores); return metrics."""
+    """Write out_dir/subset.jsonl (records with their score columns, flat); return metrics."""
     examples = read_examples(examples_path)
     by_id = {ex.id: ex for ex in examples}
     scores = read_scores(scores_path) if scores_path is not None else None

@@ -39,7 +39,7 @@ from superfilter.tracking import NAME_SEPARATOR, Reference, RunSpec, StageRun, s
 log = logging.getLogger(__name__)
 
 # Bump a stage's version when its code changes what it computes: old artifacts then stop matching.
-VERSIONS = {"prepare": 1, "score": 1, "select": 1, "train": 2, "eval": 1}
+VERSIONS = {"prepare": 1, "score": 1, "select": 2, "train": 2, "eval": 1}
 
 Build = Callable[[Path, StageRun], dict[str, Any]]
 
