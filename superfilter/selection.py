@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from superfilter.artifacts import write_jsonl
-from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE, TURN_COLUMNS
+from superfilter.contracts import SCORE_COLUMNS, SUBSET_CARD_FILE, SUBSET_FILE, TURN_COLUMNS
 from superfilter.data import Example, read_examples
 from superfilter.embeddings import embed_texts, example_text
 from superfilter.errors import ConfigError, DataError
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 SCORERS = ("weak", "strong", "none")
 BUDGET_BASES = ("pool", "survivors")
 ENDS = ("high", "low")
+EXAMPLE_COLUMNS = ("id", "instruction", "input", "output", "system")  # a subset record's own fields, history aside
 TABLE_ROWS = 10  # top and bottom examples shown in the tracker's table
 TEXT_PREVIEW_CHARS = 300
 # A ratio × size product such as 0.29 × 100 = 28.999999999999996 must floor to 29, not 28.
@@ -404,6 +406,26 @@ def subset_records(examples: dict[str, Example], table: pd.DataFrame, ids: Seque
     return records
 
 
+# The type of each subset.jsonl column, declared in the dataset card: JSON cannot type a column that holds only
+# nulls (skip_reason in a subset of scored records) or empty lists.
+CARD_TYPES = {"id": "string", "instruction": "string", "input": "string", "output": "string", "system": "string",
+              "rank": "int64", "n_prompt_tokens": "int64", "n_response_tokens": "int64", "loss_direct": "float64",
+              "loss_conditioned": "float64", "ppl_direct": "float64", "ppl_conditioned": "float64",
+              "ifd": "float64", "skip_reason": "string", "ifd_max": "float64", "n_turns": "int64",
+              "n_turns_scored": "int64"}
+
+
+def dataset_card(columns: Sequence[str], selector: str) -> str:
+    """README.md for the select folder: `datasets.load_dataset(<folder>)` reads subset.jsonl (and only it) with
+    these column types, whatever values this subset happens to hold."""
+    features = [{"name": c, "list": {"list": "string"}} if c == "history" else {"name": c, "dtype": CARD_TYPES[c]}
+                for c in columns]
+    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": SUBSET_FILE}]}],
+              "dataset_info": {"features": features}}
+    return (f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\nThe records selected by `{selector}`, best first, "
+            f"with their scores: {SUBSET_FILE}. The selection's numbers are in metrics.json.\n")
+
+
 def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """The first and last TABLE_ROWS chosen records (top and bottom of the selection order)."""
     columns = ["end", "rank", "id", "ifd", "ppl_conditioned", "n_response_tokens", "instruction", "input", "output"]
@@ -438,6 +460,8 @@ def select_stage(
     choice = select(table, cfg, ratio, seed, embed)
     records = subset_records(by_id, table, choice.ids)
     write_jsonl(out_dir / SUBSET_FILE, records, allow_nan=False)
+    columns = list(records[0]) if records else [*EXAMPLE_COLUMNS, "rank", *SCORE_COLUMNS[1:]]
+    (out_dir / SUBSET_CARD_FILE).write_text(dataset_card(columns, cfg.name), encoding="utf-8")
     metrics = selection_metrics(table, cfg, choice, ratio)
     columns, rows = preview_rows(records)
     write_jsonl(out_dir / "top_bottom.jsonl", [dict(zip(columns, row, strict=True)) for row in rows], allow_nan=False)
