@@ -201,7 +201,11 @@ def write_records(records: list[dict[str, Any]], path: Path, container: str) -> 
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(records), tmp)
+            table = pa.Table.from_pylist(records)
+            i = table.schema.get_field_index("skip_reason")
+            if i >= 0 and pa.types.is_null(table.schema.field(i).type):  # nothing skipped: strings, all null
+                table = table.set_column(i, "skip_reason", table.column(i).cast(pa.string()))
+            pq.write_table(table, tmp)
         else:
             rows = [{k: json_safe(v) for k, v in r.items()} for r in records]
             with open(tmp, "w", encoding="utf-8") as f:

@@ -143,6 +143,11 @@ def test_subset_command_and_api_agree_on_every_column(tmp_path):
     loaded = datasets.load_dataset("json", data_files=str(out), split="train")
     assert null_lists(loaded.features) == []
 
+    table = tmp_path / "scored.parquet"
+    assert main(["score", str(source), "--out", str(table), "--model", "tiny", "--artifacts", str(root), "-q"]) == 0
+    assert datasets.load_dataset("parquet", data_files=str(table), split="train").features["skip_reason"] == \
+        datasets.Value("string")
+
     scored = superfilter.score(datasets.Dataset.from_list(read_jsonl(source)[:4]), model="tiny", artifact_root=root)
     assert scored.features["skip_reason"] == datasets.Value("string")
     assert scored["skip_reason"] == [None] * 4
