@@ -4,7 +4,10 @@ run files (wandb's Python API cannot read them without a server, so the test par
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -149,6 +152,21 @@ def test_images_tables_and_the_report_table(tmp_path, offline):
     assert {"score/ifd_hist", "score/samples"} <= logged_keys(runs["score"])
     assert runs["report"]["name"] == "report · smoke" and runs["report"]["group"] == "smoke"
     assert "report/report" in logged_keys(runs["report"])
+
+
+@pytest.mark.slow
+def test_a_sweep_is_one_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "run.py"), "-m", "ratio=0.1,0.2", "experiment=smoke",
+                           "filter=random", "stages=[select]", f"artifact_root={tmp_path / 'artifacts'}",
+                           "tracking.mode=offline", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = offline_runs(tmp_path / "artifacts" / "wandb")
+    assert sorted(r["name"] for r in runs) == ["prepare · tiny", "select · random 10% · tiny",
+                                               "select · random 20% · tiny"]
+    assert {r["group"] for r in runs} == {f"smoke · {sweep}"}
 
 
 def test_disabled_tracking_writes_nothing(tmp_path):
