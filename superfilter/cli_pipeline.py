@@ -23,8 +23,8 @@ log = logging.getLogger("superfilter")
 def run_from_hydra(cfg: DictConfig) -> dict:
     try:
         config = to_config(cfg)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and not config.tracking.group:  # one W&B group per sweep
-            config.tracking.group = f"{config.name} · {HydraConfig.get().sweep.dir}"
+        if not config.tracking.group and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            config.tracking.group = f"{config.name} · {HydraConfig.get().sweep.dir}"  # one W&B group per sweep
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
         summary = pipeline.run(config)
