@@ -35,6 +35,7 @@ def run_from_hydra(cfg: DictConfig) -> dict:
         sys.exit(EXIT_USER_ERROR)
     out = Path(HydraConfig.get().runtime.output_dir) / RUN_SUMMARY_FILE
     summary["overrides"] = list(HydraConfig.get().overrides.task)
+    summary["wandb_group"] = config.tracking.group or config.name  # where a report of these runs logs its table
     write_json_atomic(out, summary)
     for stage, info in summary["stages"].items():
         log.info("%-16s %s %s", stage, "cached" if info["cache_hit"] else "built ", info["path"])
