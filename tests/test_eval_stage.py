@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from eval import pairwise
 from eval.config import EvalConfig
 from eval.generation import Prompt, generate, model_key, training_template
-from eval.open_llm import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
+from eval.metrics import pairwise
+from eval.open_llm_tasks import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
 from eval.settings import GenerationConfig, JudgeConfig
 from eval.stage import eval_stage
 from eval.suites.open_llm import OpenLLMConfig
@@ -184,7 +184,7 @@ def test_prefix_sharing_scores_equal_lm_evals_own(models):
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from eval.open_llm import prefix_sharing_lm
+    from eval.open_llm_tasks import prefix_sharing_lm
 
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")

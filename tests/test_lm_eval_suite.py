@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eval.config import EvalConfig
-from eval.open_llm import run_open_llm
+from eval.open_llm_tasks import run_open_llm
 from eval.stage import eval_stage
 from eval.suites import lm_eval as suite
 from eval.suites.lm_eval import LmEvalConfig, LmEvalTask

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eval.cache import JsonlCache
-from eval.pairwise import parse_scores
+from eval.metrics.pairwise import parse_scores
 from eval.settings import JudgeConfig
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, UserError

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.judge.base import JudgeError, JudgeRequest, OnResult, parse_reply, register_judge
-from eval.pairwise import PROMPT_FIELDS
+from eval.metrics.pairwise import PROMPT_FIELDS
 from eval.settings import JudgeConfig
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, DataError
@@ -57,7 +57,7 @@ class ReplayJudge:
                 self.by_pair.setdefault(_replay_key(first, second, order), set()).add(review)
 
     def _read_judgments(self, path: Path) -> None:
-        from eval.arena_hard import game_prompt_and_judgment, read_judgments
+        from eval.metrics.arena_hard import game_prompt_and_judgment, read_judgments
 
         for line, record in read_judgments(path):
             for game in record["games"]:

@@ -1,16 +1,10 @@
-"""Pairwise judging as in the paper: both answer orders, win/tie/lose per prompt, winning score, W/T/L chart.
-
-`python -m eval.pairwise <*_wrap_reviews_*.json ...>` recomputes W/T/L and the winning score from review logs
-in the authors' format (Answer1 = the evaluated model, Answer2 = the reference).
-"""
+"""Pairwise judging as in the paper: both answer orders, win/tie/lose per prompt, winning score, W/T/L chart."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -247,37 +241,3 @@ def format_table(tallies: Sequence[Tally]) -> str:
         rows.append(f"| {SET_LABELS.get(t.name, t.name)} | {t.win} | {t.tie} | {t.lose} | {t.n} | {t.unparseable} "
                     f"| {t.winning_score:.3f} |")
     return "\n".join(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.pairwise", description=__doc__.splitlines()[0])
-    parser.add_argument("reviews", nargs="+", type=Path, help="review logs (*_wrap_reviews_*.json)")
-    parser.add_argument("--tie-margin", type=float, default=None,
-                        help="scores closer than this tie (default: the log's Meta_Info.tie_margin, else 0)")
-    parser.add_argument("--plot", type=Path, default=None, help="write the stacked W/T/L chart here (.png)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    tallies = []
-    for path in args.reviews:
-        try:
-            name, reviews, meta = read_review_log(path)
-        except DataError as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return 2
-        margin = args.tie_margin if args.tie_margin is not None else float(meta.get("tie_margin", 0.0))
-        tallies.append(tally_reviews(name, reviews, margin))
-    total = pooled(tallies)
-    if args.json:
-        print(json.dumps({"sets": [t.to_dict() for t in tallies], "overall": total.to_dict()}, indent=2))
-    else:
-        print(format_table([*tallies, total]))
-    if total.unparseable:
-        print(f"warning: {total.unparseable} prompt(s) had an unparseable review and are not counted: "
-              f"{', '.join(total.unparseable_ids[:20])}", file=sys.stderr)
-    if args.plot:
-        plot_wtl(tallies, args.plot)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,16 +1,10 @@
-"""Arena-Hard-Auto v0.1: 500 hard prompts, each judged twice against gpt-4-0314's answer; score = mean battle outcome.
-
-`python -m eval.arena_hard JUDGMENT.jsonl [...]` prints the leaderboard from judgment files in arena-hard-auto's
-format (ours, or theirs in the current or the v0.1-era layout): model, score (%), bootstrap CI, n, unparseable.
-"""
+"""Arena-Hard-Auto v0.1: 500 hard prompts, each judged twice against gpt-4-0314's answer; score = mean battle result."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from eval.judge import Annotation, JudgeRequest
-from superfilter.errors import DataError, UserError
+from superfilter.errors import DataError
 
 BENCH = "arena-hard-v0.1"
 BASELINE = "gpt-4-0314"
@@ -238,32 +232,3 @@ def format_table(rows: Sequence[Standing], baseline: str = BASELINE) -> str:
 def slug(name: str) -> str:
     """A file-name-safe form of a model or judge name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.arena_hard", description=__doc__.splitlines()[0])
-    parser.add_argument("judgments", nargs="+", type=Path, help="model_judgment/<judge>/<model>.jsonl files")
-    parser.add_argument("--rounds", type=int, default=BOOTSTRAP_ROUNDS, help="bootstrap rounds for the CI")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        records = [r for path in args.judgments for _, r in read_judgments(path)]
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    baselines = sorted({str(r.get("baseline", BASELINE)) for r in records})
-    rows = standings(records, args.rounds, args.seed)
-    if args.json:
-        print(json.dumps({"baseline": baselines, "models": [s.to_dict() for s in rows]}, indent=2))
-    else:
-        print(format_table(rows, ", ".join(baselines)))
-    left_out = sum(s.unparseable for s in rows)
-    if left_out:
-        print(f"warning: {left_out} judgment(s) with a missing game or an unreadable verdict are not counted",
-              file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
