@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from superfilter import report
-from superfilter.errors import DataError, UserError
+from superfilter.errors import DataError
 from superfilter.report import BudgetRow, Comparison, Run, Scorer
 from superfilter.runs import StageRecord
 
@@ -262,4 +262,3 @@ def test_script_writes_the_report_and_fails_in_one_line(budget_folder, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         script.main([str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "no run_summary.json" in capsys.readouterr().err
-    assert issubclass(DataError, UserError)
