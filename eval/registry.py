@@ -18,7 +18,7 @@ A suite is one module in `eval/suites/` (found automatically) or anywhere else t
                       summary=["### My suite", "", f"score {score:.3f}"])  # → eval/summary.md
 
     register(Suite("my_suite", MyConfig, run, prompts=prompts,
-                   report=lambda metrics: {"my score": metrics.get("score")}))   # → experiments/report.py
+                   report=lambda metrics: {"my score": metrics.get("score")}))   # → the report
 
 plus `conf/eval/my_suite.yaml` (`suites: [my_suite]`). Nothing else is edited: `eval.config.EvalConfig` gets one
 field per suite registered in this package (its schema, defaults from the dataclass), `eval.suites=[...]` is
@@ -87,7 +87,7 @@ class Suite:
     prompts: Callable[[Context, Any], Prompts] | None = None
     validate: Callable[[Any, EvalSettings], None] | None = None
     preflight: Callable[[Any, EvalSettings], None] | None = None
-    report: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # report.py columns from the suite's metrics
+    report: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # report columns (saved in metrics.json)
     needs_reference: bool = False
     description: str = ""
 

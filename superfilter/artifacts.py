@@ -17,6 +17,7 @@ from filelock import FileLock
 
 from superfilter.contracts import STAGE_CONFIG_FILE, STAGE_METRICS_FILE, SUCCESS_MARKER
 from superfilter.errors import ConfigError
+from superfilter.runs import read_object
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]], allow_nan: bool =
     return path
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text like write_json_atomic: a reader sees the old file or the whole new one."""
+    _write_atomic(path, lambda f: f.write(text))
+
+
 def _write_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -100,7 +106,7 @@ def load_artifact(root: Path, stage: str, key: str) -> Artifact | None:
     if not (path / SUCCESS_MARKER).exists():
         return None
     metrics_file = path / STAGE_METRICS_FILE
-    metrics = read_json(metrics_file) if metrics_file.exists() else {}
+    metrics = read_object(metrics_file) if metrics_file.exists() else {}
     return Artifact(stage, key, path, cached=True, metrics=metrics)
 
 
