@@ -10,7 +10,7 @@ from typing import Any
 from eval.config import EvalConfig
 from eval.generation import generate
 from eval.registry import Context, Prompts, Result, get, section
-from superfilter.artifacts import write_json_atomic
+from superfilter.artifacts import write_json_atomic, write_text_atomic
 from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, REPORT_COLUMNS
 from superfilter.runs import subset_label
 from superfilter.runtime import RuntimeConfig, release_memory, resolve_device
@@ -63,7 +63,7 @@ def eval_stage(
     metrics["seconds_by_phase"] = timings
     write_json_atomic(ctx.eval_dir / "generation.json", ctx.generation_stats)
     table = summary_markdown(ctx, results, metrics["seconds"])
-    (ctx.eval_dir / EVAL_SUMMARY_FILE).write_text(table)
+    write_text_atomic(ctx.eval_dir / EVAL_SUMMARY_FILE, table)
     log.info("evaluation summary:\n%s", table)
     mirror(tracker, results)
     return metrics

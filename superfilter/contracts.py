@@ -42,3 +42,6 @@ REPORT_COLUMNS = "report_columns"
 JUDGE_DIR = "judge"
 JUDGE_ANNOTATIONS_FILE = "annotations.jsonl"
 JUDGE_SUMMARY_FILE = "summary.json"
+# The paper's five pairwise test sets in its table order: name (eval.pairwise.sets, data file) → column label.
+PAIRWISE_SETS = {"vicuna": "Vicuna", "koala": "Koala", "wizardlm": "WizardLM", "sinstruct": "Self-Instruct",
+                 "lima": "LIMA"}

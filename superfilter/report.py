@@ -23,7 +23,7 @@ import yaml
 
 from superfilter.artifacts import write_text_atomic
 from superfilter.consistency import RATIOS, consistency, scatter_plot
-from superfilter.contracts import EVAL_DIR, REPORT_COLUMNS, SCORES_FILE, TRAIN_METRICS_FILE
+from superfilter.contracts import EVAL_DIR, PAIRWISE_SETS, REPORT_COLUMNS, SCORES_FILE, TRAIN_METRICS_FILE
 from superfilter.errors import ConfigError, DataError
 from superfilter.runs import StageRecord, find_run_summaries, read_object, read_stage
 
@@ -32,8 +32,6 @@ REPORT_COMMAND = ("python", "experiments/report.py")  # the thin script over bui
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a multirun's command line
 
 ALPACA_SIZE = 52002  # the paper's costs are for scoring all of Alpaca
-TEST_SETS = {"vicuna": "Vicuna", "koala": "Koala", "wizardlm": "WizardLM", "sinstruct": "Self-Instruct",
-             "lima": "LIMA"}
 FILTER_ORDER = ("full", "superfilter", "superfilter_d", "self_ifd", "perplexity", "length", "kmeans", "random")
 STAGE_COLUMNS = ("prepare", "score", "score_strong", "select", "train", "train_reference", "eval")
 # The metric holding each stage's own compute time.
@@ -457,7 +455,7 @@ def budget_table(rows: Sequence[BudgetRow]) -> list[str]:
     """Paper Tables 2/3: per filter and budget, the pairwise winning score per test set, each suite's report columns,
     and the paper's numbers for the same filter and budget."""
     suite_header = list(dict.fromkeys(column for row in rows for column in row.suites or {}))
-    header = ["filter", "budget", "n", "mean response chars", "partner", *TEST_SETS.values(), "overall (W/T/L)",
+    header = ["filter", "budget", "n", "mean response chars", "partner", *PAIRWISE_SETS.values(), "overall (W/T/L)",
               *suite_header, "paper: pairwise", "paper: Open LLM", "paper: AlpacaEval"]
     body = []
     for row in rows:
@@ -466,7 +464,7 @@ def budget_table(rows: Sequence[BudgetRow]) -> list[str]:
         paper_pairwise = paper.get("pairwise") if row.partner_is_full or row.filter == "full" else None
         wtl = "/".join(fmt(v) for v in row.wtl) if row.overall is not None else ""
         body.append([row.filter, f"{row.ratio:.0%}" if row.ratio is not None else "–", row.n,
-                     fmt(row.response_chars, 0), row.partner or "–", *[row.sets.get(name) for name in TEST_SETS],
+                     fmt(row.response_chars, 0), row.partner or "–", *[row.sets.get(name) for name in PAIRWISE_SETS],
                      f"{fmt(row.overall)} ({wtl})" if row.overall is not None else "–",
                      *[fmt((row.suites or {}).get(column), 2) for column in suite_header], paper_pairwise,
                      fmt(paper.get("open_llm"), 2), fmt(paper.get("alpaca_eval"), 2)])

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superfilter.contracts import PAIRWISE_SETS
 from superfilter.errors import DataError
 
 OUTCOMES = ("win", "tie", "lose")
@@ -18,8 +19,6 @@ SCORE_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*$"
 # Where each test set keeps its prompt, in the authors' files.
 PROMPT_FIELDS = {"vicuna": "text", "koala": "prompt", "wizardlm": "Instruction", "sinstruct": "instruction",
                  "lima": "conversations"}
-SET_LABELS = {"vicuna": "Vicuna", "koala": "Koala", "wizardlm": "WizardLM", "sinstruct": "Self-Instruct",
-              "lima": "LIMA"}
 
 
 @dataclass(frozen=True)
@@ -213,7 +212,7 @@ def plot_wtl(tallies: Sequence[Tally], path: Path, model: str = "model", referen
     # deferred: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
 
-    labels = [f"{SET_LABELS.get(t.name, t.name)} ({t.winning_score:.3f})" for t in tallies]
+    labels = [f"{PAIRWISE_SETS.get(t.name, t.name)} ({t.winning_score:.3f})" for t in tallies]
     counts = [[t.win, t.tie, t.lose] for t in tallies]
     colors = ("#4c72b0", "#c8c8c8", "#dd8452")
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(tallies) + 1.5), dpi=150)
@@ -238,6 +237,6 @@ def format_table(tallies: Sequence[Tally]) -> str:
     """A markdown table: one row per set, then the pooled row."""
     rows = ["| test set | win | tie | lose | N | unparseable | winning score |", "|---|---|---|---|---|---|---|"]
     for t in tallies:
-        rows.append(f"| {SET_LABELS.get(t.name, t.name)} | {t.win} | {t.tie} | {t.lose} | {t.n} | {t.unparseable} "
+        rows.append(f"| {PAIRWISE_SETS.get(t.name, t.name)} | {t.win} | {t.tie} | {t.lose} | {t.n} | {t.unparseable} "
                     f"| {t.winning_score:.3f} |")
     return "\n".join(rows)

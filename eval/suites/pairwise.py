@@ -11,11 +11,9 @@ from eval.metrics import pairwise
 from eval.metrics.pairwise import PROMPT_FIELDS, TestPrompt, review_log, review_log_name
 from eval.registry import Context, Prompts, Result, Suite, Table, register
 from superfilter.artifacts import write_json_atomic
-from superfilter.contracts import JUDGE_DIR
+from superfilter.contracts import JUDGE_DIR, PAIRWISE_SETS
 from superfilter.data import resolve_path
 from superfilter.errors import check_limit, one_of
-
-PAIRWISE_SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
 
 
 @dataclass
@@ -26,7 +24,7 @@ class PairwiseConfig:
 
 
 def validate(cfg: PairwiseConfig, eval_cfg: Any) -> None:
-    one_of("eval.pairwise.sets", cfg.sets, PAIRWISE_SETS)
+    one_of("eval.pairwise.sets", cfg.sets, tuple(PAIRWISE_SETS))
     check_limit("eval.pairwise.limit", cfg.limit)
 
 
