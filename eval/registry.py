@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.generation import Prompt, load_trained
-from eval.judge import SMALL_JUDGE_NOTE, Annotation, AnnotationCache, Judge, JudgeRequest, judge_all, make_judge
+from eval.judge import Annotation, AnnotationCache, Judge, JudgeRequest, describe, judge_all, make_judge
 from eval.settings import EvalSettings
 from superfilter.contracts import EVAL_DIR, JUDGE_ANNOTATIONS_FILE, JUDGE_DIR
 from superfilter.errors import ConfigError
@@ -158,8 +158,4 @@ class Context:
         return annotations
 
     def judge_note(self) -> str:
-        if self.cfg.judge.backend == "hf":
-            return f"hf judge {self.cfg.judge.model.name}: {SMALL_JUDGE_NOTE}"
-        if self.cfg.judge.backend == "openai":
-            return f"openai judge {self.cfg.judge.api_model} at {self.cfg.judge.base_url}"
-        return f"{self.cfg.judge.backend} judge"
+        return describe(self.cfg.judge)

@@ -626,7 +626,7 @@ def pyplot() -> Any:
     import matplotlib  # deferred: heavy, and only needed once there is something to plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred with matplotlib
+    import matplotlib.pyplot as plt  # deferred: with matplotlib, after choosing its backend
 
     return plt
 

@@ -11,8 +11,9 @@ import yaml
 
 from eval.commands import arena_hard as command
 from eval.judge import ARENA_HARD_PATTERNS, JudgeRequest, ReplayJudge, arena_hard_verdict, judge_all, judge_prompt
+from eval.judge.arena_files import read_judgments
 from eval.metrics import arena_hard
-from eval.metrics.arena_hard import read_judgments, standings
+from eval.metrics.arena_hard import standings
 from superfilter.artifacts import write_jsonl
 from superfilter.errors import DataError
 

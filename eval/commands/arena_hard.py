@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.metrics.arena_hard import BASELINE, BOOTSTRAP_ROUNDS, format_table, read_judgments, standings
+from eval.judge.arena_files import read_judgments
+from eval.metrics.arena_hard import BASELINE, BOOTSTRAP_ROUNDS, format_table, standings
 from superfilter.errors import EXIT_USER_ERROR, UserError
 
 
