@@ -88,8 +88,8 @@ def test_lm_eval_runs_leaderboard_tasks_on_local_files(models, tmp_path):
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")
     cfg = OpenLLMConfig(source="local", data_dir=str(PROJECT_DATA / "eval"), mmlu_subjects=["management"])
-    result = run_open_llm(model, tokenizer, cfg, PROJECT_DATA / "eval", limit=2, device="cpu", batch_size=2,
-                          out_dir=tmp_path)
+    result = run_open_llm(model, tokenizer, cfg.tasks, cfg.source, cfg.mmlu_subjects, cfg.share_prefix,
+                          PROJECT_DATA / "eval", limit=2, device="cpu", batch_size=2, out_dir=tmp_path)
     assert set(result["benchmarks"]) == {"hellaswag", "mmlu", "truthfulqa_mc2"}
     assert "arc_challenge" in result["skipped"] and result["limit"] == 2 and result["source"] == "local"
     assert all(0.0 <= b["value"] <= 1.0 for b in result["benchmarks"].values())
