@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eval.config import EvalConfig
-from eval.open_llm import run_open_llm
+from eval.open_llm_tasks import run_open_llm
 from eval.stage import eval_stage
 from eval.suites import lm_eval as suite
 from eval.suites.lm_eval import LmEvalConfig, LmEvalTask
@@ -74,8 +74,9 @@ def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(tiny_train_folder, tmp
 
     model, tokenizer = load_model(ModelConfig(source="local", path=str(tiny_train_folder / "model")), "cpu")
     data = PROJECT / "data" / "eval"
-    open_llm = run_open_llm(model, tokenizer, OpenLLMConfig(source="local", data_dir=str(data)), data, limit=3,
-                            device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
+    local = OpenLLMConfig(source="local", data_dir=str(data))
+    open_llm = run_open_llm(model, tokenizer, local.tasks, local.source, local.mmlu_subjects, local.share_prefix, data,
+                            limit=3, device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
     cfg = _cfg(LmEvalTask("hellaswag", num_fewshot=10), LmEvalTask("truthfulqa_mc2", num_fewshot=0),
                LmEvalTask("mmlu_local", num_fewshot=5), source="local", limit=3)
     lm_eval = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "b.partial")["lm_eval"]
