@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ def run_records(path: Path) -> list[Any]:
         if kind == 0:  # zero padding to the block's end
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a chunk still being written
+            break
         payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         chunks = payload if kind in (FULL, FIRST) else chunks + payload
         if kind in (FULL, LAST):
@@ -57,7 +60,7 @@ def offline_runs(root: Path) -> list[dict[str, Any]]:
     runs = []
     for path in sorted(root.rglob("offline-run-*/run-*.wandb")):
         run: dict[str, Any] = {"used": [], "logged": [], "history": set(), "config": {}}
-        for record in run_records(path):
+        for record in finished_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run.update(name=record.run.display_name, group=record.run.run_group, job_type=record.run.job_type,
@@ -71,8 +74,24 @@ def offline_runs(root: Path) -> list[dict[str, Any]]:
                 run["used" if record.artifact.use_after_commit else "logged"].append(entry)
             elif kind == "history":
                 run["history"].update("/".join(i.nested_key) or i.key for i in record.history.item)
+        assert "name" in run, f"{path}: no run record among {kinds(path)}"
         runs.append(run)
     return runs
+
+
+def kinds(path: Path) -> list[str]:
+    return [r.WhichOneof("record_type") for r in run_records(path)]
+
+
+def finished_records(path: Path, wait_s: float = 60.0) -> list[Any]:
+    """The records once the run's exit record is on disk: wandb's service may still be writing the file when
+    run.finish() returns (seen on a busy machine)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = run_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def logged_keys(run: dict[str, Any]) -> set[str]:
