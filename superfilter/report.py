@@ -13,7 +13,7 @@ import json
 import math
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from superfilter.contracts import EVAL_DIR, PAIRWISE_SETS, REPORT_COLUMNS, SCORE
 from superfilter.errors import ConfigError, DataError
 from superfilter.published import cells_for, describe
 from superfilter.runs import StageRecord, find_run_summaries, read_object, read_stage
+from superfilter.tracking import TrackingConfig, log_report_table
 
 REPORT_FILE = "report.md"
 REPORT_COMMAND = ("python", "experiments/report.py")  # the thin script over build_report, for the commands section
@@ -61,6 +62,7 @@ class Run:
     folders: dict[str, Path | None] = field(default_factory=dict)  # stage → folder; None once deleted or moved
     config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml
     summary_file: Path | None = None
+    wandb_group: str = ""  # from the run summary: where the report's table goes
 
     def metrics(self, name: str) -> dict[str, Any]:
         return self.stages[name].metrics if name in self.stages else {}
@@ -157,7 +159,7 @@ def load_runs(folder: Path, home: Path) -> list[Run]:
         label = " ".join(o for o in summary.overrides if not o.startswith(("experiment=", "hydra.")))
         runs.append(Run(label or shown(summary.folder, home), summary.overrides, summary.stages,
                         {name: locate(record.path, home) for name, record in summary.stages.items()},
-                        read_yaml(summary.folder / ".hydra" / "config.yaml"), summary.file))
+                        read_yaml(summary.folder / ".hydra" / "config.yaml"), summary.file, summary.wandb_group))
     return runs
 
 
@@ -467,8 +469,13 @@ def settings_note(rows: Sequence[BudgetRow]) -> list[str]:
 
 
 def budget_table(rows: Sequence[BudgetRow]) -> list[str]:
+    """Paper Tables 2/3 as markdown (see budget_cells)."""
+    return markdown_table(*budget_cells(rows))
+
+
+def budget_cells(rows: Sequence[BudgetRow]) -> tuple[list[str], list[list[Any]]]:
     """Paper Tables 2/3: per filter and budget, the pairwise winning score per test set, each suite's report columns,
-    and the paper's numbers for the same filter and budget."""
+    and the published numbers of the same setting: (header, rows)."""
     suite_header = list(dict.fromkeys(column for row in rows for column in row.suites or {}))
     header = ["filter", "budget", "n", "mean response chars", "partner", *PAIRWISE_SETS.values(), "overall (W/T/L)",
               *suite_header, "published (same setting)"]
@@ -479,7 +486,7 @@ def budget_table(rows: Sequence[BudgetRow]) -> list[str]:
                      fmt(row.response_chars, 0), row.partner or "–", *[row.sets.get(name) for name in PAIRWISE_SETS],
                      f"{fmt(row.overall)} ({wtl})" if row.overall is not None else "–",
                      *[fmt((row.suites or {}).get(column), 2) for column in suite_header], published_cell(row)])
-    return markdown_table(header, body)
+    return header, body
 
 
 def budget_section(rows: Sequence[BudgetRow], charts: Sequence[tuple[str, Path]] = ()) -> list[str]:
@@ -643,6 +650,19 @@ def pyplot() -> Any:
     return plt
 
 
+def log_to_tracker(runs: Sequence[Run], header: list[str], body: list[list[Any]]) -> None:
+    """The budget table, once, as a W&B table in the runs' group, when their tracking was on."""
+    config = runs[-1].config
+    known = {f.name for f in fields(TrackingConfig)}
+    tracking = {k: v for k, v in (config.get("tracking") or {}).items() if k in known}
+    if not tracking:
+        return
+    group = runs[-1].wandb_group or str(config.get("name", "default"))
+    log_report_table(TrackingConfig(**tracking), header, [[str(c) if c is not None else None for c in row]
+                                                          for row in body],
+                     group=group, root=Path(str(config.get("artifact_root", "artifacts"))))
+
+
 def build_report(folder: Path, out: Path, reference: str | None = None, home: Path | None = None) -> Path:
     """Write <out>/report.md and its plots for every run below `folder`; return the report's path.
 
@@ -679,6 +699,7 @@ def build_report(folder: Path, out: Path, reference: str | None = None, home: Pa
                                                   ("loss curves", loss_plot(rows, out / "loss_curves.png")))
                   if chart is not None]
         lines += budget_section(rows, charts)
+        log_to_tracker(runs, *budget_cells(rows))
     lines += reuse_section(runs)
     lines += compute_section(compute_seconds(runs))
     report = out / REPORT_FILE

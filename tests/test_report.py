@@ -316,3 +316,19 @@ def test_published_numbers_are_those_of_exactly_the_same_setting(tmp_path):
     assert "GSM8K 7.6" in bench and "MATH-500 63.4" in bench and "recipe differs" in bench
     assert "Open LLM" not in bench and "1.101" not in bench
     assert [r for r in by_label[("random", "10%")] if r.endswith("| – |")]  # the bench random row: nothing published
+
+
+def test_the_budget_table_goes_to_the_tracker_once_in_the_runs_group(budget_folder, tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(report, "log_report_table", lambda cfg, columns, rows, *, group, root:
+                        logged.append((cfg.mode, columns, rows, group, root)))
+    report.build_report(budget_folder, tmp_path / "out")
+    assert logged == []  # these runs recorded no tracking settings
+    for config in budget_folder.glob("*/.hydra/config.yaml"):
+        saved = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**saved, "tracking": {"mode": "offline", "project": "p"},
+                                          "artifact_root": str(tmp_path / "artifacts"), "name": "budget_sweep"}))
+    report.build_report(budget_folder, tmp_path / "out")
+    ((mode, columns, rows, group, root),) = logged
+    assert mode == "offline" and group == "budget_sweep" and root == tmp_path / "artifacts"
+    assert columns[0] == "filter" and len(rows) == 3 and all(isinstance(c, (str, type(None))) for c in rows[0])
