@@ -86,6 +86,7 @@ class Hardware:
     speed: Speed | None
     count: int | None  # devices this host has; None when runtime.gpu names them
     detected: bool
+    auto_dtype: str  # what dtype=auto resolves to there
 
     @property
     def usable(self) -> float:
@@ -198,12 +199,16 @@ def hardware(runtime: RuntimeConfig, plan_only_run: bool) -> Hardware:
         if device.type != "cuda" and not plan_only_run:
             raise ConfigError(f"runtime.gpu={runtime.gpu} names a GPU, but this run would use the {device.type} "
                               "(no CUDA here); drop runtime.gpu, or plan for that GPU with plan=true")
-        return Hardware(runtime.gpu, GPU_MEMORY_GIB[runtime.gpu] * GIB, True, SPEEDS[runtime.gpu], None, False)
+        # Every GPU runtime.gpu names computes in bf16.
+        return Hardware(runtime.gpu, GPU_MEMORY_GIB[runtime.gpu] * GIB, True, SPEEDS[runtime.gpu], None, False,
+                        "bfloat16")
+    auto = choose_dtype("auto", device).name
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         known = next((k for k, words in GPU_NAMES if all(w in props.name for w in words)), None)
-        return Hardware(props.name, props.total_memory, True, SPEEDS.get(known), torch.cuda.device_count(), True)
-    return Hardware("cpu", host_memory(), False, SPEEDS["cpu"], 1, True)
+        return Hardware(props.name, props.total_memory, True, SPEEDS.get(known), torch.cuda.device_count(), True,
+                        auto)
+    return Hardware("cpu", host_memory(), False, SPEEDS["cpu"], 1, True, auto)
 
 
 def host_memory() -> float:
@@ -222,13 +227,8 @@ def resident_bytes() -> float:
 
 
 def model_dtype(name: str, hw: Hardware) -> str:
-    """What dtype=<name> resolves to on the planned hardware (runtime.choose_dtype; every GPU runtime.gpu names
-    computes in bf16)."""
-    if name != "auto":
-        return name
-    if hw.gpu and not hw.detected:
-        return "bfloat16"
-    return choose_dtype("auto", torch.device("cuda" if hw.gpu else "cpu")).name
+    """What dtype=<name> resolves to on the planned hardware."""
+    return hw.auto_dtype if name == "auto" else name
 
 
 def mixed_precision(name: str, hw: Hardware) -> str:
@@ -399,17 +399,15 @@ def needs(cfg: Config, run: Run, hw: Hardware, with_time: bool) -> tuple[list[St
     found = []
     for p in planned:
         stage, name = p.artifact.stage, names[p.artifact.key]
-        base = StageNeed(name, p.artifact)
+        need = StageNeed(name, p.artifact)
         if stage == "score":
-            model = model_of(p.params["model"], cfg)
-            found.append(score_need(cfg, base, model, hw, data, shapes))
+            need = score_need(cfg, need, model_of(p.params["model"], cfg), hw, data, shapes)
         elif stage == "train":
             select = by_key.get(p.upstream[0]) if p.upstream else None
-            found.append(train_need(cfg, base, hw, data, select.params if select else {}, shapes))
+            need = train_need(cfg, need, hw, data, select.params if select else {}, shapes)
         elif stage == "eval":
-            found.append(eval_need(cfg, base, hw, shapes))
-        else:
-            found.append(base)
+            need = eval_need(cfg, need, hw, shapes)
+        found.append(replace(need, problem="") if p.artifact.cached else need)  # a built stage does not run again
     return found, shapes, data
 
 
@@ -532,6 +530,11 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
+def _duration(hours: float) -> str:
+    minutes = 60 * hours
+    return "< 1 min" if minutes < 1 else f"{minutes:.0f} min" if minutes < 90 else f"{hours:.1f} h"
+
+
 def render(plan: Plan) -> str:
     cfg, hw = plan.cfg, plan.hardware
     n = cfg.runtime.num_processes
@@ -563,7 +566,7 @@ def render(plan: Plan) -> str:
     timed = [s for s in plan.stages if s.hours is not None]
     if timed and hw.speed is not None:
         unit = "GPU" if hw.gpu else "CPU"
-        parts = [f"{s.name} {s.hours:.2f} {unit} h" + (f" ({60 * s.hours / s.processes:.0f} min on {s.processes})"
+        parts = [f"{s.name} {s.hours:.2f} {unit} h" + (f" ({_duration(s.hours / s.processes)} on {s.processes})"
                                                       if s.processes > 1 else "") for s in timed]
         lines += ["", f"time: {', '.join(parts)}; evaluation not estimated",
                   f"  at {hw.speed.tokens_per_s:,.0f} tokens/s per device ({hw.speed.source})"]
