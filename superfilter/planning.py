@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError
 from omegaconf import OmegaConf
 
 from eval.stage import check as check_eval
@@ -108,7 +109,8 @@ class StageNeed:
     setup: str = ""
     memory: Memory | None = None  # per device
     processes: int = 1  # processes holding `memory` each
-    host_load: float = 0.0  # host RAM per process while loading
+    host_load: float = 0.0  # host RAM per loading process
+    loaders: int = 1  # processes that load the whole model on the host (sharded loading: rank 0 alone)
     hours: float | None = None  # device-hours
     problem: str = ""  # why it does not fit, with the fixes; empty when it fits
 
@@ -136,7 +138,7 @@ def model_shape(model: ModelConfig) -> ModelShape:
 
 @functools.cache
 def _model_shape(source: str, path: str, revision: str) -> ModelShape:
-    if source == "tiny":
+    if source == "tiny":  # built once (seconds), as the stages themselves would
         return _read_config(tiny_model_dir(path) / "config.json", f"tiny {path}")
     if source == "gguf":
         if path in GGUF_MODELS:  # the converted folder holds fp32 weights
@@ -166,14 +168,14 @@ def _read_config(path: Path, source: str) -> ModelShape:
 
 def hub_config(repo: str, revision: str) -> Path | None:
     """config.json from the Hub cache, else the Hub when reachable; None offline, unreachable or gated."""
-    cached = try_to_load_from_cache(repo, "config.json", revision=revision)
-    if isinstance(cached, str):
-        return Path(cached)
-    if hub_constants.HF_HUB_OFFLINE or not hub_reachable():
-        return None
     try:
+        cached = try_to_load_from_cache(repo, "config.json", revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+        if hub_constants.HF_HUB_OFFLINE or not hub_reachable():
+            return None
         return Path(hf_hub_download(repo, "config.json", revision=revision))
-    except (OSError, ValueError) as e:  # huggingface_hub's errors: gated, missing, HTTP (OSError subclasses)
+    except (OSError, ValueError, EntryNotFoundError) as e:  # gated or missing repository, HTTP error, invalid id
         log.info("plan: no config.json of %s from the Hub (%s)", repo, type(e).__name__)
         return None
 
@@ -247,6 +249,16 @@ def sharding(train: TrainConfig, processes: int) -> str:
     if kind == "zero3" and OmegaConf.select(config, "deepspeed_config.zero_stage") != 3:
         return "ddp"
     return kind or "ddp"
+
+
+def loads_once(train: TrainConfig, processes: int) -> bool:
+    """Whether the accelerate config has rank 0 alone load the weights and the others start empty
+    (fsdp_cpu_ram_efficient_loading, DeepSpeed's zero3_init_flag); otherwise every rank loads the whole model."""
+    if processes == 1:
+        return True
+    config = OmegaConf.load(accelerate_config_file(train.accelerate_config, "train.accelerate_config"))
+    return bool(OmegaConf.select(config, "fsdp_config.fsdp_cpu_ram_efficient_loading")
+                or OmegaConf.select(config, "deepspeed_config.zero3_init_flag"))
 
 
 def train_setup(cfg: Config, train: TrainConfig, hw: Hardware, world: int) -> TrainSetup:
@@ -431,7 +443,7 @@ def score_need(cfg: Config, base: StageNeed, model: ModelConfig, hw: Hardware, d
         tokens = data.records * min(data.tokens_per_record, cfg.score.max_length) * SCORING_PASSES
         hours = device_hours(tokens, shape.n_params, "forward", False, hw.speed)
     need = replace(base, model=model.name, setup=f"{dtype} inference, {batch} tokens per batch", memory=memory,
-                   processes=processes, host_load=load, hours=hours)
+                   processes=processes, host_load=load, loaders=processes, hours=hours)
     problem = fit_problem(memory, load, processes, hw)
     if problem and hw.count is not None and processes > hw.count:
         problem += f"; fits with: runtime.num_processes={hw.count}"
@@ -459,7 +471,7 @@ def train_need(cfg: Config, base: StageNeed, hw: Hardware, data: DataSize | None
         hours = device_hours(tokens, shape.n_params, cfg.train.method, cfg.train.gradient_checkpointing, hw.speed)
     dtype = model_dtype(model.dtype, hw)
     need = replace(base, model=model.name, setup=describe(setup, cfg.train, dtype), memory=memory, processes=world,
-                   host_load=load, hours=hours)
+                   host_load=load, loaders=1 if loads_once(cfg.train, world) else world, hours=hours)
     problem = fit_problem(memory, load, world, hw)
     if not problem:
         return need
@@ -557,8 +569,9 @@ def render(plan: Plan) -> str:
                  f"of {hw.usable / GIB:.0f}", "host RAM at load, GiB"]]
         for s in sized:
             m = s.memory
-            host = f"{s.host_load / GIB:.1f}" + (f" each, {s.processes * s.host_load / GIB:.0f} for {s.processes}"
-                                                  if s.processes > 1 else "")
+            host = f"{s.host_load / GIB:.1f}" + (
+                "" if s.processes == 1 else " on rank 0 alone" if s.loaders == 1 else
+                f" each, {s.loaders * s.host_load / GIB:.0f} for {s.loaders}")
             rows.append([s.name, _gib(m.weights), _gib(m.gradients), _gib(m.optimizer), _gib(m.activations),
                          _gib(m.buffers), f"{m.total / GIB:.1f}", "NO" if s.problem else "fits", host])
         lines += _table(rows, {1, 2, 3, 4, 5, 6})
