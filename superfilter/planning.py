@@ -576,7 +576,7 @@ def render(plan: Plan) -> str:
                          _gib(m.buffers), f"{m.total / GIB:.1f}", "NO" if s.problem else "fits", host])
         lines += _table(rows, {1, 2, 3, 4, 5, 6})
         lines += [f"  {s.name}: {s.model}, {s.setup}" for s in sized]
-    timed = [s for s in plan.stages if s.hours is not None]
+    timed = [s for s in plan.stages if s.hours is not None and not s.artifact.cached]
     if timed and hw.speed is not None:
         unit = "GPU" if hw.gpu else "CPU"
         parts = [f"{s.name} {s.hours:.2f} {unit} h" + (f" ({_duration(s.hours / s.processes)} on {s.processes})"
@@ -593,13 +593,13 @@ def render(plan: Plan) -> str:
 
 def one_line(plan: Plan, job: str) -> str:
     """A sweep job's plan: its stages to build, the heaviest stage's memory, its hours, whether it fits."""
-    built = sum(not s.artifact.cached for s in plan.stages)
+    to_build = sum(not s.artifact.cached for s in plan.stages)
     heaviest = max((s for s in plan.stages if s.memory), key=lambda s: s.memory.total, default=None)
     memory = (f"; {heaviest.name} {heaviest.memory.total / GIB:.1f} of {plan.hardware.usable / GIB:.0f} GiB"
               if heaviest else "")
-    hours = sum(s.hours or 0 for s in plan.stages)
+    hours = sum(s.hours or 0 for s in plan.stages if not s.artifact.cached)
     verdict = "fits" if not plan.problems else "does not fit: " + "; ".join(plan.problems)
-    return (f"plan {job or plan.cfg.name}: {len(plan.stages)} stages ({built} to build){memory}; "
+    return (f"plan {job or plan.cfg.name}: {len(plan.stages)} stages ({to_build} to build){memory}; "
             f"~{hours:.1f} {'GPU' if plan.hardware.gpu else 'CPU'} h; {verdict}")
 
 
