@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +33,34 @@ class Artifact:
     path: Path
     cached: bool
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage as plan_only() saw it: its folder (built or not), the config parts its key hashes, upstream keys."""
+
+    artifact: Artifact
+    params: dict[str, Any]
+    upstream: tuple[str, ...]
+
+
+_PLANNED: ContextVar[list[PlannedStage] | None] = ContextVar("planned_stages", default=None)
+
+
+@contextmanager
+def plan_only() -> Iterator[list[PlannedStage]]:
+    """Inside, run_stage builds nothing: it returns each stage's folder (cached or not) and records it in the list
+    yielded, so the pipeline's own code says which stages a run would build or reuse (`plan=true`)."""
+    planned: list[PlannedStage] = []
+    token = _PLANNED.set(planned)
+    try:
+        yield planned
+    finally:
+        _PLANNED.reset(token)
+
+
+def planning() -> bool:
+    return _PLANNED.get() is not None
 
 
 def canonical_json(obj: Any) -> str:
@@ -136,6 +165,10 @@ def run_stage(
     """
     key = stage_key(stage, version, params, upstream)
     final = stage_dir(root, stage, key)
+    if (planned := _PLANNED.get()) is not None:
+        artifact = load_artifact(root, stage, key) or Artifact(stage, key, final, cached=False)
+        planned.append(PlannedStage(artifact, params, tuple(a.key for a in upstream)))
+        return artifact
     if (found := load_artifact(root, stage, key)) is not None:
         log.info("%s: cache hit %s", stage, final)
         return found

@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("superfilter", "train", "eval")
 # The pipeline and the entry points: the only modules of superfilter/ that may know the stages.
-TOP = {"superfilter.pipeline", "superfilter.config", "superfilter.cli_pipeline", "superfilter", "superfilter.__main__",
-       "superfilter.api", "superfilter.cli"}
+TOP = {"superfilter.pipeline", "superfilter.planning", "superfilter.config", "superfilter.cli_pipeline", "superfilter",
+       "superfilter.__main__", "superfilter.api", "superfilter.cli"}
 # Entry points that defer the API (torch, seconds) so that `import superfilter` and `superfilter --help` stay instant.
 LAZY_ENTRY_POINTS = {"superfilter", "superfilter.cli"}
 

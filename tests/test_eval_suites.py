@@ -157,6 +157,7 @@ def test_the_partner_model_is_trained_only_for_suites_that_compare_with_it(monke
     monkeypatch.setattr(pipeline, "evaluate", lambda cfg, tiny_train_folder, ref: evaluated.append(ref)
                         or Artifact("eval", "e", tmp_path / "eval", False))
     monkeypatch.setattr(pipeline, "check_eval", lambda eval_cfg: None)
+    monkeypatch.setattr(pipeline, "check_plan", lambda cfg, run: None)  # its walk would call the fakes twice
     cfg = Config(artifact_root=str(tmp_path / "artifacts"))
     cfg.eval.suites, cfg.eval.reference = chosen, reference
     summary = pipeline.run(cfg)
