@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from superfilter import artifacts
-from superfilter.artifacts import Artifact
+from superfilter.artifacts import Artifact, planning
 from superfilter.contracts import EXAMPLES_FILE, SCORES_FILE
 from superfilter.data import (
     LoadReport,
@@ -22,6 +22,7 @@ from superfilter.data import (
     resolve_revision,
     write_examples,
 )
+from superfilter.errors import DataError
 from superfilter.models import ModelConfig
 from superfilter.runtime import (
     RuntimeConfig,
@@ -161,7 +162,14 @@ def prepare(cfg: FilterRunConfig, label: str | None = None) -> Artifact:
         path = resolve_path(cfg.data.path)
         check_source_file(path)  # before hashing it: a named pipe would block the read forever
         params["file_sha256"] = file_digest(path)
-    revision = resolve_revision(cfg.data)
+    try:
+        revision = resolve_revision(cfg.data)
+    except DataError as e:
+        if not planning():
+            raise
+        # A plan made offline still lists every stage; the real run stops here with this error.
+        log.warning("plan: %s", e)
+        revision = "unresolved: the Hub is unreachable"
     if revision:
         params["revision"] = revision
 
