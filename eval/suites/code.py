@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from eval import code_benchmarks as bench
+from eval import harness
 from eval.generation import Prompt
-from eval.harness import hub_reachable
 from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_jsonl
 from superfilter.data import resolve_path
@@ -99,7 +99,7 @@ def _cached(cfg: CodeConfig, name: str) -> bool:
 
 def _reachable(name: str, timeout_s: float = 3.0) -> bool:
     if name in bench.BIGCODEBENCH:
-        return hub_reachable(timeout_s)
+        return harness.hub_reachable(timeout_s)
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_FLAGS):
         return False
     try:

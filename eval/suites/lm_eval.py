@@ -14,7 +14,7 @@ from typing import Any
 
 from eval import harness
 from eval.generation import load_tokenizer, training_template
-from eval.harness import HUB_TASKS, LOCAL_TASKS, hub_reachable, is_code_task, known_tasks
+from eval.harness import HUB_TASKS, LOCAL_TASKS, is_code_task, known_tasks
 from eval.open_llm import BENCHMARKS, write_local_tasks
 from eval.registry import Context, Result, Suite, register
 from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
@@ -100,7 +100,7 @@ def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, s
     """(entry, task to run, 'hub' | 'local') per entry; fails in one line when an entry cannot run here."""
     needs_hub = [e.task for e in cfg.tasks if not is_local(e.task)]
     if needs_hub and cfg.source != "local" and hub is None:
-        hub = hub_reachable()
+        hub = harness.hub_reachable()
     if needs_hub and cfg.source == "hub" and not hub:
         raise ConfigError(f"eval.lm_eval.source=hub but the Hub is unreachable (tasks {', '.join(needs_hub)}); "
                           "set eval.lm_eval.source=auto to run their local copies where they exist")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval import harness
 from eval.generation import Prompt
-from eval.harness import hub_reachable
 from eval.math_answers import gold_text, score
 from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_jsonl
@@ -90,7 +90,7 @@ def preflight(cfg: MathConfig, eval_cfg: Any) -> None:
     hub = None
     for name in cfg.benchmarks:
         if source(cfg, name) == "hub":
-            hub = hub_reachable() if hub is None else hub
+            hub = harness.hub_reachable() if hub is None else hub
             if not hub:
                 raise DataError(f"eval.math: {name} is not in {local_file(cfg, name)} and the Hub is unreachable; "
                                 f"set eval.math.data_dir to a folder holding {name}/test.jsonl")
