@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from superfilter.artifacts import check_root
+from superfilter.artifacts import atomic_path, check_root
 from superfilter.contracts import DEFAULT_MODEL
 from superfilter.data import FORMATS, check_source_file, file_container, parse_record
 from superfilter.errors import EXIT_USER_ERROR, DataError, UserError
@@ -191,9 +191,7 @@ def json_safe(value: Any) -> Any:
 
 def write_records(records: list[dict[str, Any]], path: Path, container: str) -> None:
     """Write to a temporary sibling, then rename: an interrupted run never leaves half a file at OUT."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if container == "parquet":
             # deferred: numpy/pandas/pyarrow load only for the command that reads tables
             import pyarrow as pa
@@ -208,9 +206,6 @@ def write_records(records: list[dict[str, Any]], path: Path, container: str) -> 
                     f.write("\n")
                 else:
                     f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_output(records: list[dict[str, Any]], args: argparse.Namespace) -> None:

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superfilter.contracts import PROJECT_ROOT
 from superfilter.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("auto", "alpaca", "dolly", "sharegpt")
 # Column names of each flat format: our field → the source's field.
 FIELD_PRESETS: dict[str, dict[str, str]] = {

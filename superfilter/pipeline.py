@@ -17,7 +17,7 @@ from superfilter.runtime import resolve_device
 from superfilter.selection import SelectConfig
 from superfilter.stages import key_params, model_params, prepare, run_stage, score, scores_for_selection, select
 from train.config import resolve_mixed_precision
-from train.sft import train_stage
+from train.stage import train_stage
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ BUDGET_EPSILON = 1e-9
 
 @dataclass
 class SelectConfig:
-    # allow_empty never changes which records are chosen, only whether none is an error (superfilter.stages.select_params
+    # allow_empty never changes which records are chosen, only whether none is an error (stages.select_params
     # still keys an allowed-empty run apart, so a run that forbids it never reuses an empty subset).
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size", "allow_empty")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from eval import alpaca_eval
+from eval.commands import alpaca_eval as command
 from eval.judge import JudgeRequest, alpaca_eval_2_preference
+from eval.metrics import alpaca_eval
 from superfilter.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
@@ -27,7 +28,7 @@ def _leaderboard_row(model: str) -> dict[str, str]:
 
 @needs_shared
 def test_cli_reproduces_the_leaderboard_from_alpaca_evals_own_annotations(capsys):
-    assert alpaca_eval.main([str(ANNOTATIONS), "--json"]) == 0
+    assert command.main([str(ANNOTATIONS), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     published = _leaderboard_row(row["generator"])
     assert row["generator"] == "alpaca-7b" and row["baseline"] == "gpt4_1106_preview"
@@ -41,7 +42,7 @@ def test_cli_reproduces_the_leaderboard_from_alpaca_evals_own_annotations(capsys
 @needs_shared
 def test_cli_table_prints_the_rounded_leaderboard_numbers_and_why_lc_is_missing(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert alpaca_eval.main([str(ANNOTATIONS)]) == 0
+    assert command.main([str(ANNOTATIONS)]) == 0
     out = capsys.readouterr()
     assert "| alpaca-7b | gpt4_1106_preview | 2.59 | 0.49 | 805 | 3 | 396 | unavailable |" in out.out
     assert "df_gamed.csv unavailable" in out.err and "--df-gamed" in out.err
@@ -168,7 +169,7 @@ def test_malformed_annotation_files_fail_naming_file_record_and_field(tmp_path, 
     with pytest.raises(DataError, match=message) as error:
         alpaca_eval.load_annotations(path)
     assert str(path) in str(error.value)
-    assert alpaca_eval.main([str(path)]) == 2
+    assert command.main([str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message.split(":")[0] in err
 
@@ -201,7 +202,7 @@ def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_train
     assert result["win_rate"] == 0.0 == metrics["alpaca_eval"]["win_rate"] and result["n"] == 6
     assert result["length_controlled_winrate"] is not None and result["df_gamed"] == str(fixture)
     # The annotations file is alpaca_eval's format: the CLI recomputes the same numbers from it.
-    assert alpaca_eval.main([str(out / "eval" / "alpaca_eval" / "annotations.json"), "--json",
+    assert command.main([str(out / "eval" / "alpaca_eval" / "annotations.json"), "--json",
                              "--df-gamed", str(fixture)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["win_rate"] == result["win_rate"]

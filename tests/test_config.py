@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from superfilter import pipeline, stages
 from superfilter.config import Config, compose_config, register_configs, to_config
-from superfilter.settings import as_dict
 from superfilter.errors import ConfigError
 from superfilter.models import ModelConfig, model_from_name
 from superfilter.presets import conf_dir, model_preset, options
+from superfilter.settings import as_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from eval import pairwise
 from eval.config import EvalConfig
 from eval.generation import Prompt, generate, model_key, training_template
-from eval.open_llm import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
+from eval.metrics import pairwise
+from eval.open_llm_tasks import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
 from eval.settings import GenerationConfig, JudgeConfig
 from eval.stage import eval_stage
 from eval.suites.open_llm import OpenLLMConfig
@@ -88,8 +88,8 @@ def test_lm_eval_runs_leaderboard_tasks_on_local_files(models, tmp_path):
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")
     cfg = OpenLLMConfig(source="local", data_dir=str(PROJECT_DATA / "eval"), mmlu_subjects=["management"])
-    result = run_open_llm(model, tokenizer, cfg, PROJECT_DATA / "eval", limit=2, device="cpu", batch_size=2,
-                          out_dir=tmp_path)
+    result = run_open_llm(model, tokenizer, cfg.tasks, cfg.source, cfg.mmlu_subjects, cfg.share_prefix,
+                          PROJECT_DATA / "eval", limit=2, device="cpu", batch_size=2, out_dir=tmp_path)
     assert set(result["benchmarks"]) == {"hellaswag", "mmlu", "truthfulqa_mc2"}
     assert "arc_challenge" in result["skipped"] and result["limit"] == 2 and result["source"] == "local"
     assert all(0.0 <= b["value"] <= 1.0 for b in result["benchmarks"].values())
@@ -184,7 +184,7 @@ def test_prefix_sharing_scores_equal_lm_evals_own(models):
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from eval.open_llm import prefix_sharing_lm
+    from eval.open_llm_tasks import prefix_sharing_lm
 
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")

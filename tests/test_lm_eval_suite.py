@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eval.config import EvalConfig
-from eval.open_llm import run_open_llm
+from eval.open_llm_tasks import run_open_llm
 from eval.stage import eval_stage
 from eval.suites import lm_eval as suite
 from eval.suites.lm_eval import LmEvalConfig, LmEvalTask
@@ -74,8 +74,9 @@ def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(tiny_train_folder, tmp
 
     model, tokenizer = load_model(ModelConfig(source="local", path=str(tiny_train_folder / "model")), "cpu")
     data = PROJECT / "data" / "eval"
-    open_llm = run_open_llm(model, tokenizer, OpenLLMConfig(source="local", data_dir=str(data)), data, limit=3,
-                            device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
+    local = OpenLLMConfig(source="local", data_dir=str(data))
+    open_llm = run_open_llm(model, tokenizer, local.tasks, local.source, local.mmlu_subjects, local.share_prefix, data,
+                            limit=3, device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
     cfg = _cfg(LmEvalTask("hellaswag", num_fewshot=10), LmEvalTask("truthfulqa_mc2", num_fewshot=0),
                LmEvalTask("mmlu_local", num_fewshot=5), source="local", limit=3)
     lm_eval = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "b.partial")["lm_eval"]
@@ -375,10 +376,10 @@ def test_the_presets_name_lm_eval_tasks():
 def test_every_lm_eval_task_a_preset_names_exists_in_the_installed_lm_eval():
     """pyproject pins lm-eval to a release with all of them; the open_llm suite's Hub tasks are checked too."""
     from eval.harness import HUB_TASKS, known_tasks, version
-    from eval.open_llm import BENCHMARKS
+    from eval.open_llm_tasks import BENCHMARKS
 
     known = set(known_tasks())
-    named = {**_preset_tasks(), "eval/open_llm.py": [b.hub_task for b in BENCHMARKS.values()]}
+    named = {**_preset_tasks(), "eval/open_llm_tasks.py": [b.hub_task for b in BENCHMARKS.values()]}
     missing = {path: [t for t in tasks if not (suite.is_local(t) or t in HUB_TASKS or t in known)]
                for path, tasks in named.items()}
     assert {path: tasks for path, tasks in missing.items() if tasks} == {}, f"lm-eval {version()}"

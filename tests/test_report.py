@@ -1,9 +1,9 @@
-"""experiments/report.py on synthetic run folders: sections appear when their stages ran, paper numbers sit beside."""
+"""superfilter.report on synthetic run folders (sections appear when their stages ran, paper numbers sit beside), its
+table layouts on hand-made records, and the thin script over it."""
 
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +11,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from superfilter import report
+from superfilter.errors import DataError
+from superfilter.report import BudgetRow, Comparison, Run, Scorer
+from superfilter.runs import StageRecord
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "report.py"
 N_RECORDS = 60
-
-
-@pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["report"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+SUITE_COLUMNS = {"alpaca_eval": [["AlpacaEval win %", 40.0]], "open_llm": [["Open LLM avg %", 30.0]]}
 
 
 def write_json(path: Path, obj) -> None:
@@ -29,10 +26,12 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
-def artifact(root: Path, stage: str, key: str, metrics: dict, upstream: dict | None = None) -> dict:
+def artifact(root: Path, stage: str, key: str, metrics: dict, upstream: dict | None = None,
+             params: dict | None = None) -> dict:
     path = root / stage / key[:12]
     write_json(path / "metrics.json", metrics)
-    write_json(path / "config.json", {"stage": stage, "key": key, "upstream": upstream or {}})
+    write_json(path / "config.json", {"stage": stage, "version": 1, "key": key, "params": params or {},
+                                      "upstream": upstream or {}})
     (path / "_SUCCESS").touch()
     return {"path": str(path), "key": key, "cache_hit": False, "metrics": metrics}
 
@@ -94,9 +93,9 @@ def train_stage(root: Path, key: str, n: int) -> dict:
 def eval_stage(root: Path, key: str, overall: float, limit: int = 2) -> dict:
     sets = {name: overall for name in ("vicuna", "koala", "wizardlm", "sinstruct", "lima")}
     metrics = {"pairwise": {"sets": sets, "winning_score": overall, "win": 3, "tie": 4, "lose": 3, "n": 10},
-               "alpaca_eval": {"win_rate": 40.0}, "open_llm": {"average": 0.3}, "seconds": 60.0}
-    info = artifact(root, "eval", key.ljust(64, "0"), metrics)
-    write_json(Path(info["path"]) / "config.json", {"params": {"eval": {"pairwise": {"limit": limit}}}})
+               "alpaca_eval": {"win_rate": 40.0}, "open_llm": {"average": 0.3}, "seconds": 60.0,
+               "report_columns": SUITE_COLUMNS}
+    info = artifact(root, "eval", key.ljust(64, "0"), metrics, params={"eval": {"pairwise": {"limit": limit}}})
     write_json(Path(info["path"]) / "eval" / "pairwise.json", {"reference": "full 100%"})
     return info
 
@@ -119,7 +118,7 @@ def budget_folder(tmp_path):
     return sweep
 
 
-def test_consistency_only_folder(report, consistency_folder, tmp_path):
+def test_consistency_only_folder(consistency_folder, tmp_path):
     text = report.build_report(consistency_folder, tmp_path / "out").read_text()
     assert "python run.py -m experiment=cpu/consistency" in text
     assert "## Weak-to-strong consistency" in text and "## Scoring cost" in text
@@ -132,12 +131,12 @@ def test_consistency_only_folder(report, consistency_folder, tmp_path):
         assert (tmp_path / "out" / plot).exists()
 
 
-def test_reference_scorer_can_be_chosen(report, consistency_folder, tmp_path):
+def test_reference_scorer_can_be_chosen(consistency_folder, tmp_path):
     text = report.build_report(consistency_folder, tmp_path / "out", reference="weak").read_text()
     assert "| alpaca_1k (60) | strong | weak | 60 |" in text
 
 
-def test_budget_folder(report, budget_folder, tmp_path):
+def test_budget_folder(budget_folder, tmp_path):
     text = report.build_report(budget_folder, tmp_path / "out").read_text()
     assert "python run.py -m experiment=cpu/budget_sweep" in text
     assert "## Weak-to-strong consistency" not in text  # one scorer: nothing to compare
@@ -151,14 +150,14 @@ def test_budget_folder(report, budget_folder, tmp_path):
         assert (tmp_path / "out" / plot).exists()
 
 
-def test_rows_evaluated_differently_are_flagged(report, budget_folder, tmp_path):
+def test_rows_evaluated_differently_are_flagged(budget_folder, tmp_path):
     config = tmp_path / "artifacts" / "eval" / "eval20000000" / "config.json"  # superfilter 10%
-    write_json(config, {"params": {"eval": {"pairwise": {"limit": 4}}}})
+    write_json(config, {**json.loads(config.read_text()), "params": {"eval": {"pairwise": {"limit": 4}}}})
     text = report.build_report(budget_folder, tmp_path / "out").read_text()
     assert "Warning: the evaluations below differ in eval.pairwise.limit" in text
 
 
-def test_missing_artifacts_do_not_break_the_report(report, consistency_folder, budget_folder, tmp_path):
+def test_missing_artifacts_do_not_break_the_report(consistency_folder, budget_folder, tmp_path):
     shutil.rmtree(tmp_path / "artifacts" / "score")
     shutil.rmtree(tmp_path / "artifacts" / "train")
     text = report.build_report(tmp_path / "multirun", tmp_path / "out").read_text()
@@ -167,6 +166,99 @@ def test_missing_artifacts_do_not_break_the_report(report, consistency_folder, b
     assert "python run.py -m experiment=cpu/consistency" in text and "experiment=cpu/budget_sweep" in text
 
 
-def test_empty_folder_fails_clearly(report, tmp_path):
-    with pytest.raises(SystemExit, match="no run_summary.json"):
+def test_empty_folder_fails_clearly(tmp_path):
+    with pytest.raises(DataError, match="no run_summary.json"):
         report.build_report(tmp_path, tmp_path / "out")
+
+
+def test_an_evaluation_without_recorded_report_columns_is_named(budget_folder, tmp_path):
+    summary_file = budget_folder / "1" / "run_summary.json"  # random 5%
+    summary = json.loads(summary_file.read_text())
+    del summary["stages"]["eval"]["metrics"]["report_columns"]
+    write_json(summary_file, summary)
+    text = report.build_report(budget_folder, tmp_path / "out").read_text()
+    assert "ratio=0.05 filter=random: its evaluation `eval1000` was built before" in text
+    row = next(line for line in text.splitlines() if line.startswith("| random | 5%"))
+    assert "| 1.100 (3/4/3) | – | – |" in row  # blank, not guessed
+    assert "| 40.00 | 30.00 |" in next(line for line in text.splitlines() if line.startswith("| superfilter | 5%"))
+
+
+def test_malformed_report_columns_fail_naming_the_field(budget_folder, tmp_path):
+    summary_file = budget_folder / "0" / "run_summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["stages"]["eval"]["metrics"]["report_columns"] = {"open_llm": {"Open LLM avg %": 30.0}}
+    write_json(summary_file, summary)
+    with pytest.raises(DataError, match=r"run_summary.json: stages.eval.metrics: field report_columns.open_llm"):
+        report.build_report(budget_folder, tmp_path / "out")
+
+
+def test_budget_table_layout():
+    rows = [BudgetRow("full", 1.0, n=100, suites={"Open LLM avg %": 30.0}),
+            BudgetRow("superfilter", 0.05, n=5, response_chars=812.4, partner="full 100%",
+                      sets={"vicuna": 1.2, "lima": 0.9}, overall=1.05, wtl=(4, 3, 2),
+                      suites={"AlpacaEval win %": 40.0, "Open LLM avg %": 31.5}, partner_is_full=True)]
+    lines = report.budget_table(rows)
+    assert lines[0] == ("| filter | budget | n | mean response chars | partner | Vicuna | Koala | WizardLM | "
+                        "Self-Instruct | LIMA | overall (W/T/L) | Open LLM avg % | AlpacaEval win % | "
+                        "paper: pairwise | paper: Open LLM | paper: AlpacaEval |")
+    assert lines[1] == "|" + "---|" * 16
+    assert lines[2] == "| full | 100% | 100 | – | – | – | – | – | – | – | – | 30.00 | – | 1.000 | 55.25 | 27.75 |"
+    assert lines[3] == ("| superfilter | 5% | 5 | 812 | full 100% | 1.200 | – | – | – | 0.900 | 1.050 (4/3/2) | "
+                        "31.50 | 40.00 | 1.133 | 55.67 | 33.04 |")
+
+
+def test_paper_pairwise_is_shown_only_against_the_full_model():
+    row = BudgetRow("random", 0.1, partner="random 10%", overall=1.0, wtl=(1, 1, 1))
+    assert report.budget_table([row])[2].endswith("| 1.000 (1/1/1) | – | – | – |")
+    assert "| 0.968 |" in report.budget_table([BudgetRow("random", 0.1, partner_is_full=True)])[2]
+
+
+def test_consistency_table_layout():
+    c = Comparison(data="alpaca_gpt4_1k", n_records=1000, weak="gpt2", strong="llama", n_aligned=990, rho_ppl=0.7,
+                   rho_ifd=0.8, partial_rho_ifd=0.75, binned_rho_ifd=0.6,
+                   overlaps={"ifd_weak_vs_strong": (0.3, 0.4, 0.5), "length_vs_strong_ifd": (0.1, 0.2, 0.3),
+                             "random_vs_strong_ifd": (0.05, 0.1, 0.15)},
+                   rho_with_length=(0.2, 0.1), share_below_one=(0.9, 0.8))
+    lines = report.consistency_table([c])
+    assert lines[2] == ("| alpaca_gpt4_1k (1,000) | gpt2 | llama | 990 | 0.700 | 0.800 | 0.30 / 0.40 / 0.50 | 0.750 "
+                        "| 0.600 |")
+    assert lines[3] == ("| alpaca_gpt4_1k (1,000) | length (longest responses) vs llama IFD |  |  | – | – | "
+                        "0.10 / 0.20 / 0.30 | – | – |")
+    assert [line.split(" | ")[0] for line in lines[5:]] == ["| paper: Alpaca-GPT4"]  # the same data family only
+    assert report.length_table([c])[2] == "| alpaca_gpt4_1k (1,000) | gpt2 | llama | 0.200 | 0.100 | 0.900 | 0.800 |"
+    assert len(report.consistency_table([])) == 2 + len(report.PAPER_CONSISTENCY)  # unknown family: every paper row
+
+
+def test_cost_table_layout():
+    found = [Scorer("a", None, "gpt2", "p", "alpaca", {"records_per_s": 10.0, "n_records": 600,
+                                                       "records_scored_this_run": 600, "scoring_seconds": 60.0,
+                                                       "n_processes": 1}),
+             Scorer("b", None, "llama", "p", "alpaca", {"records_per_s": 1.0, "n_records": 600})]
+    lines = report.cost_table(found)
+    assert lines[2] == "| alpaca (600) | gpt2 | 600 | 60 | 10.000 | 1.0 | 87 | 1.00 | 1 |"
+    assert lines[3] == "| alpaca (600) | llama | – | – | 1.000 | 10.0 | 867 | 10.00 | – |"
+
+
+def test_reuse_table_and_compute_seconds():
+    def record(name: str, key: str, cached: bool, metrics: dict | None = None) -> StageRecord:
+        return StageRecord(name, Path(name), key, cached, metrics or {})
+
+    runs = [Run("ratio=0.1", ["ratio=0.1"], {"score": record("score", "s" * 64, False, {"scoring_seconds": 120}),
+                                             "train": record("train", "t1" * 32, False, {"wall_s": 60})}),
+            Run("ratio=0.2", ["ratio=0.2"], {"score": record("score", "s" * 64, True, {"scoring_seconds": 120}),
+                                             "train": record("train", "t2" * 32, False, {"wall_s": 30})})]
+    assert report.reuse_table(runs)[2:] == ["| ratio=0.1 | built `ssssssss` | built `t1t1t1t1` |",
+                                            "| ratio=0.2 | cached `ssssssss` | built `t2t2t2t2` |"]
+    assert report.compute_seconds(runs) == {"score": 120.0, "train": 90.0}
+    assert "score 1, train 2." in "".join(report.reuse_section(runs))
+
+
+def test_script_writes_the_report_and_fails_in_one_line(budget_folder, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("report_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main([str(budget_folder), "--out", str(tmp_path / "out")])
+    assert "## Budget" in capsys.readouterr().out and (tmp_path / "out" / "report.md").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "no run_summary.json" in capsys.readouterr().err

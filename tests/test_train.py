@@ -13,16 +13,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from superfilter.contracts import MODEL_INFO_FILE
 from superfilter.data import Example, write_examples
 from superfilter.errors import ConfigError, DataError
 from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model, resolve_model_dir
 from superfilter.prompts import generation_prompt, render
 from superfilter.runtime import RuntimeConfig
+from superfilter.tokenized import IGNORE, encode
 from superfilter.tracking import StageRun
-from train.collate import IGNORE, collate, encode, encode_all, pack_batch, pad_batch
+from train.batches import plan
+from train.collate import collate, encode_all, pack_batch, pad_batch
 from train.config import TrainConfig
-from train.schedule import plan
-from train.sft import MODEL_INFO_FILE, lr_factor, token_loss_sum, train_stage
+from train.loss import token_loss_sum
+from train.optim import lr_factor
+from train.stage import train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig()  # tiny random LLaMA whose tokenizer adds BOS, like Gemma
@@ -236,19 +240,20 @@ def test_lora_adapter_loads_elsewhere_with_plain_peft(tmp_path, monkeypatch):
 KILLABLE = """
 import sys, time
 from pathlib import Path
-import train.sft as sft
+import train.rank as rank
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
 from train.config import TrainConfig
+from train.stage import train_stage
 
-step = sft.train_step
+step = rank.train_step
 def slow_step(*args, **kwargs):
     time.sleep(0.2)  # room for the parent to kill us mid-run
     return step(*args, **kwargs)
-sft.train_step = slow_step
+rank.train_step = slow_step
 cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[3]))
-sft.train_stage(Path(sys.argv[1]), ModelConfig(), cfg, 0, RuntimeConfig(device="cpu"), Path(sys.argv[2]),
+train_stage(Path(sys.argv[1]), ModelConfig(), cfg, 0, RuntimeConfig(device="cpu"), Path(sys.argv[2]),
                 StageRun(None, "train"))
 """
 

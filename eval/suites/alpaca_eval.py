@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval import alpaca_eval
 from eval.generation import Prompt
+from eval.metrics import alpaca_eval
 from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_json_atomic
 from superfilter.data import resolve_path

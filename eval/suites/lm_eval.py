@@ -15,7 +15,7 @@ from typing import Any
 from eval import harness
 from eval.generation import load_tokenizer, training_template
 from eval.harness import HUB_TASKS, LOCAL_TASKS, is_code_task, known_tasks
-from eval.open_llm import BENCHMARKS, write_local_tasks
+from eval.open_llm_tasks import BENCHMARKS, write_local_tasks
 from eval.registry import Context, Result, Suite, register
 from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
 from superfilter.data import resolve_path
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "hub", "local")
 WEIGHTS = ("merged", "adapter")
-# The Open LLM suite's local tasks (eval/open_llm.py renders them) and the Hub tasks they stand in for.
+# The Open LLM suite's local tasks (eval/open_llm_tasks.py renders them) and the Hub tasks they stand in for.
 OPEN_LLM_LOCAL = {"arc_challenge": "arc_challenge_local", "hellaswag": "hellaswag_local", "mmlu": "mmlu_local",
                   "truthfulqa_mc2": "truthfulqa_mc2_local"}
 

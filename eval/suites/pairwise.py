@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval import pairwise
 from eval.generation import Prompt
 from eval.judge import JudgeRequest, judge_label
-from eval.pairwise import PROMPT_FIELDS, TestPrompt, review_log, review_log_name
+from eval.metrics import pairwise
+from eval.metrics.pairwise import PROMPT_FIELDS, TestPrompt, review_log, review_log_name
 from eval.registry import Context, Prompts, Result, Suite, Table, register
 from superfilter.artifacts import write_json_atomic
-from superfilter.contracts import JUDGE_DIR
+from superfilter.contracts import JUDGE_DIR, PAIRWISE_SETS
 from superfilter.data import resolve_path
 from superfilter.errors import check_limit, one_of
-
-PAIRWISE_SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
 
 
 @dataclass
@@ -26,7 +24,7 @@ class PairwiseConfig:
 
 
 def validate(cfg: PairwiseConfig, eval_cfg: Any) -> None:
-    one_of("eval.pairwise.sets", cfg.sets, PAIRWISE_SETS)
+    one_of("eval.pairwise.sets", cfg.sets, tuple(PAIRWISE_SETS))
     check_limit("eval.pairwise.limit", cfg.limit)
 
 
@@ -82,7 +80,7 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
 
 def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:
     """judge/<set>_wrap_reviews_<judge>.json in the authors' format and name, so their review_eval_score.py and
-    `python -m eval.pairwise` recompute W/T/L from it."""
+    `python -m eval.commands.pairwise` recompute W/T/L from it."""
 
     data = [{"id": p.id, PROMPT_FIELDS[name]: p.question, "Answer1": a, "Answer2": b,
              "review": f.raw, "scores": str(f.scores or [-1, -1]),

@@ -214,9 +214,12 @@ def check_attention(name: str, shape: Shape, tokenizer, device, records: int) ->
 def check_lora(name: str, shape: Shape, tokenizer, device, sizes: Sizes) -> list[Row]:
     import torch
 
-    from train.collate import IGNORE, collate, encode_all
+    from superfilter.tokenized import IGNORE
+    from train.collate import collate, encode_all
     from train.config import TrainConfig, resolve_mixed_precision
-    from train.sft import make_optimizer, make_trainable, token_loss_sum
+    from train.lora import make_trainable
+    from train.loss import token_loss_sum
+    from train.optim import make_optimizer
 
     cfg = TrainConfig(method="lora", template="alpaca", packing=True, micro_batch_size=4, max_length=512)
     precision = resolve_mixed_precision("auto", device)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,11 +10,10 @@ import torch
 
 from superfilter.artifacts import write_json_atomic
 from superfilter.errors import ConfigError
+from superfilter.launch import launch_ranks
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig, resolve_device
 from superfilter.scoring.config import ScoreConfig
-
-log = logging.getLogger(__name__)
 
 WORKER_JOB_FILE = "worker_job.json"
 
@@ -46,13 +41,6 @@ def launch_workers(examples_path: Path, model: ModelConfig, cfg: ScoreConfig, ru
            "device": device.type, "shard_dir": str(shard_dir), "assignment": assignment, "threads": threads}
     job_path = shard_dir / WORKER_JOB_FILE
     write_json_atomic(job_path, job)
-    project_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "superfilter.scoring.worker", str(job_path)]
-    log.info("score: launching %d %s workers: %s", n, device.type, " ".join(command[1:]))
-    result = subprocess.run(command, env=env, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"scoring workers failed (exit code {result.returncode}); finished shards are kept in "
-                           f"{shard_dir} and a rerun resumes from them")
+    # torchrun on GPUs too: a worker picks its own GPU and only waits at a gloo barrier, no accelerate needed.
+    launch_ranks("superfilter.scoring.worker", [str(job_path)], n, f"{device.type} scoring workers", threads=threads,
+                 hint=f"finished shards are kept in {shard_dir} and a rerun resumes from them")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from superfilter.artifacts import read_json, write_json_atomic
+from superfilter.artifacts import atomic_path, read_json, write_json_atomic
 from superfilter.data import Example, file_digest
 from superfilter.errors import UserError
 from superfilter.scoring.config import ScoreConfig
@@ -61,12 +60,8 @@ def shard_done(shard_dir: Path, shard: int) -> bool:
 
 def write_shard(shard_dir: Path, shard: int, table: pd.DataFrame, seconds: float) -> None:
     """Parquet first (temp name, fsync, rename), then the marker: a marker always means a complete file."""
-    final = shard_path(shard_dir, shard)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with atomic_path(shard_path(shard_dir, shard)) as tmp:
+        table.to_parquet(tmp, index=False)
     write_json_atomic(marker_path(shard_dir, shard), {"records": len(table), "seconds": seconds})
 
 
@@ -122,6 +117,5 @@ def write_parquet_atomic(table, path: Path) -> None:
     # deferred: pyarrow loads only for Parquet files
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

@@ -1,19 +1,12 @@
-"""AlpacaEval: win rate of a model's outputs against a reference model's on the 805 instructions.
-
-`python -m eval.alpaca_eval ANNOTATIONS.json [...]` recomputes, per generator, the win rate, its standard error,
-n, draws, average length and the length-controlled win rate (or why it is unavailable) from annotations in
-alpaca_eval's format, theirs or ours.
-"""
+"""AlpacaEval: win rate of a model's outputs against a reference model's on the 805 instructions."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
 import random
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib.metadata import version
@@ -21,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.judge import Annotation, JudgeRequest
-from superfilter.errors import DataError, UserError
+from superfilter.errors import DataError
 
 # The release whose protocol this follows: one annotation per instruction, the two outputs shown in a random
 # order fixed per instruction, preference in [1, 2] (2 = the evaluated model), win rate = mean(preference − 1).
@@ -249,29 +242,3 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {r['generator']} | {r['baseline']} | {r['win_rate']:.2f} | {r['standard_error']:.2f} "
                      f"| {r['n_total']} | {r['n_draws']} | {r['avg_length']} | {lc_cell} |")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.alpaca_eval", description=__doc__.splitlines()[0])
-    parser.add_argument("annotations", nargs="+", type=Path, help="annotations.json files, one generator each")
-    parser.add_argument("--df-gamed", default=None, help=f"a local {DF_GAMED} for the length-controlled rate")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        rows = [summarize(load_annotations(path), args.df_gamed) for path in args.annotations]
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_table(rows))
-        for r in rows:
-            if r["length_controlled_winrate"] is None:
-                print(f"{r['generator']}: length-controlled win rate {r['length_controlled_unavailable']}",
-                      file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
