@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eval import code_benchmarks as bench
 from eval.config import EvalConfig
+from eval.metrics import code_benchmarks as bench
 from eval.stage import check, eval_stage
 from eval.suites.code import CodeConfig
 from superfilter.errors import ConfigError, DataError
@@ -117,7 +117,7 @@ def test_the_sandbox_session_leaves_no_process_behind(tmp_path):
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"eval.code_benchmarks" in cmdline:
+            if b"eval.metrics.code_benchmarks" in cmdline:
                 leftovers.append(int(proc.name))
     for pid in leftovers:  # never leave them running, whatever the assertion says
         os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from eval import code_benchmarks
+from eval.metrics import code_benchmarks
 from eval.stage import eval_stage
 from superfilter.config import register_configs, to_config
 from superfilter.errors import ConfigError

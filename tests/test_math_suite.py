@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eval.config import EvalConfig
-from eval.math_answers import extract_answer, gold_text, is_equivalent, last_boxed, score
+from eval.metrics.math_answers import extract_answer, gold_text, is_equivalent, last_boxed, score
 from eval.stage import check, eval_stage
 from eval.suites import math as suite
 from eval.suites.math import BENCHMARKS, MathConfig

@@ -1,7 +1,7 @@
 """Suite `code`: HumanEval(+) and MBPP(+) with evalplus, BigCodeBench-Complete and -Instruct with bigcodebench; pass@1.
 
 Greedy answers, in the model's training template, to the prompt the packages give chat models; the package's
-sanitizer keeps the code; its checks run the programs (eval.code_benchmarks), which happens only with
+sanitizer keeps the code; its checks run the programs (eval.metrics.code_benchmarks), which happens only with
 eval.code.allow_code_execution=true. Per-task outputs, sanitized solutions and statuses go to
 eval/code/<benchmark>.jsonl, in the packages' sample format ({task_id, solution}), so their own tools can re-check them.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from eval import code_benchmarks as bench
 from eval import harness
 from eval.generation import Prompt
+from eval.metrics import code_benchmarks as bench
 from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_jsonl
 from superfilter.data import resolve_path

@@ -2,7 +2,7 @@
 
 The toolkit's zero-shot prompt ("... Please reason step by step, and put your final answer within \\boxed{}.") or its
 few-shot chain-of-thought prompt ("Question: ...\\nAnswer: ..." shots) in the model's training template, greedy
-answers from the stage's generation, the final answer extracted and compared as eval.math_answers does; per-item
+answers from the stage's generation, the final answer extracted and compared as eval.metrics.math_answers does; per-item
 outputs in eval/math/<benchmark>.jsonl, accuracy (%) per benchmark and their unweighted average.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from eval import harness
 from eval.generation import Prompt
-from eval.math_answers import gold_text, score
+from eval.metrics.math_answers import gold_text, score
 from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_jsonl
 from superfilter.data import iter_raw_records, resolve_path

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from superfilter.data import PROJECT_ROOT
+from superfilter.contracts import PROJECT_ROOT
 from superfilter.errors import ConfigError, UserError
 
 EVALPLUS = {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}  # our name → evalplus's dataset name
@@ -199,7 +199,7 @@ def run_checks(benchmark: str, path: str, subset: str, solutions: dict[str, str]
                                        "timeout_s": timeout_s, "workers": workers}))
         with open(log, "w") as stderr:
             # stdout is discarded: the sandboxes print what they intercept.
-            proc = subprocess.Popen([sys.executable, "-m", "eval.code_benchmarks", str(request), str(results)],
+            proc = subprocess.Popen([sys.executable, "-m", "eval.metrics.code_benchmarks", str(request), str(results)],
                                     cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
                                     start_new_session=True)
             try:
@@ -218,7 +218,7 @@ def run_checks(benchmark: str, path: str, subset: str, solutions: dict[str, str]
 
 
 def main(argv: list[str]) -> None:
-    """python -m eval.code_benchmarks REQUEST.json RESULTS.json: the sandbox process run_checks starts."""
+    """python -m eval.metrics.code_benchmarks REQUEST.json RESULTS.json: the sandbox process run_checks starts."""
     request, results = argv
     r = json.loads(Path(request).read_text())
     checked = check_all(r["benchmark"], r["path"], r["subset"], r["solutions"], r["timeout_s"], r["workers"])
