@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -207,14 +208,26 @@ def run_checks(benchmark: str, path: str, subset: str, solutions: dict[str, str]
             except subprocess.TimeoutExpired:
                 pass
             finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _kill_session(proc)
         if proc.returncode != 0 or not results.is_file():
             tail = log.read_text(errors="replace")[-2000:]
             raise UserError(f"eval.code: checking {benchmark} failed (exit status {proc.returncode}, deadline "
                             f"{deadline:.0f} s): {tail.strip().splitlines()[-1] if tail.strip() else 'no output'}")
         return json.loads(results.read_text())
+
+
+def _kill_session(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGKILL to every process of the sandbox's session, then wait (bounded) until none is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # raises once the group is empty
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def main(argv: list[str]) -> None:
