@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -32,6 +32,8 @@ OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 @dataclass
 class CodeConfig:
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("workers",)  # how many at once, not what is measured
+
     benchmarks: list[str] = field(default_factory=lambda: list(bench.BENCHMARKS))
     # Runs model-written programs (in child processes with time and memory limits, not a container): opt in.
     allow_code_execution: bool = False
