@@ -140,7 +140,8 @@ def _problem(record: Any, problem_field: str, answer_field: str, where: str, ind
         raise DataError(f"{where}: field {problem_field!r} must be a non-empty string")
     if not isinstance(answer, (str, int, float, list)) or not gold_text(answer):
         raise DataError(f"{where}: field {answer_field!r} must be a non-empty answer (string, number or list)")
-    return Problem(str(record.get("id", index)), problem, gold_text(answer))
+    identifier = record.get("id", record.get("unique_id", index))  # MATH-500 names its problems by unique_id
+    return Problem(str(identifier), problem, gold_text(answer))
 
 
 def load(cfg: MathConfig, name: str, limit: int = 0) -> list[Problem]:
