@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from eval.lm import forward_tail
@@ -113,6 +115,64 @@ def render_local_tasks(names: Sequence[str], data_dir: Path, out_dir: Path) -> N
             raise DataError(f"{name}: no {', '.join(map(str, missing))} (set eval.lm_eval.data_dir to a folder "
                             "with the releases' layout, e.g. gsm8k/test.jsonl)")
         task.write(data_dir, out_dir)
+
+
+class FunctionTag(str):
+    """A `!function utils.x` value of a task YAML, kept as written when the YAML is read and written back."""
+
+
+class TaskLoader(yaml.SafeLoader):
+    pass
+
+
+class TaskDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:  # a task file spells every value out, as it was written
+        return True
+
+
+TaskLoader.add_constructor("!function", lambda loader, node: FunctionTag(loader.construct_scalar(node)))
+TaskDumper.add_representer(FunctionTag, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
+PINNED_BY = "the superfilter eval stage"
+PINNED_KEYS = ("generation_kwargs", "num_fewshot")
+
+
+def pin_task(folder: Path, task: str, gen_kwargs: dict[str, Any], max_gen_toks: int,
+             num_fewshot: int | None) -> str | None:
+    """Write the settings one run of `task` used into its rendered YAML (generation_kwargs with the entry's own and
+    the model's max_gen_toks; num_fewshot when the entry set it), so `lm_eval --include_path <folder> --tasks
+    <name>` generates the same text. The name to rerun: the task's, or `<task>_<n>` when another entry already
+    pinned the task with other settings; None when the task has no YAML in the folder (an lm-eval task) or is a
+    group run with its own shot count."""
+    path = folder / f"{task}.yaml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line + "\n" for line in itertools.takewhile(lambda x: x.startswith("#"), text.splitlines()))
+    config = yaml.load(text, Loader=TaskLoader)
+    if "group" in config:  # a group's shots live in its tasks' files: it reruns as written, or not as run
+        return task if num_fewshot is None else None
+    meta = config.get("metadata") or {}
+    pinned = meta.get("pinned_by") == PINNED_BY
+    shipped = meta["as_shipped"] if pinned else copy.deepcopy({k: config[k] for k in PINNED_KEYS if k in config})
+    settings = dict(shipped)
+    if config.get("output_type") == "generate_until":
+        settings["generation_kwargs"] = {**shipped.get("generation_kwargs", {}), **gen_kwargs}
+        settings["generation_kwargs"].setdefault("max_gen_toks", max_gen_toks)
+    if num_fewshot is not None:
+        settings["num_fewshot"] = num_fewshot
+    if pinned:
+        if all(config.get(k) == v for k, v in settings.items()):
+            return task
+        n = 1
+        while (folder / f"{task}_{n}.yaml").exists():
+            n += 1
+        task, path = f"{task}_{n}", folder / f"{task}_{n}.yaml"
+        config["task"] = task
+    config.update(settings)
+    config["metadata"] = {**meta, "pinned_by": PINNED_BY, "as_shipped": shipped}
+    path.write_text(header + yaml.dump(config, Dumper=TaskDumper, sort_keys=False, allow_unicode=True),
+                    encoding="utf-8")
+    return task
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

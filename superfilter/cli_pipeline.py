@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from superfilter import pipeline
@@ -22,6 +23,8 @@ log = logging.getLogger("superfilter")
 def run_from_hydra(cfg: DictConfig) -> dict:
     try:
         config = to_config(cfg)
+        if not config.tracking.group and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            config.tracking.group = f"{config.name} · {HydraConfig.get().sweep.dir}"  # one W&B group per sweep
         if config.runtime.num_threads:
             torch.set_num_threads(config.runtime.num_threads)
         summary = pipeline.run(config)
@@ -32,6 +35,7 @@ def run_from_hydra(cfg: DictConfig) -> dict:
         sys.exit(EXIT_USER_ERROR)
     out = Path(HydraConfig.get().runtime.output_dir) / RUN_SUMMARY_FILE
     summary["overrides"] = list(HydraConfig.get().overrides.task)
+    summary["wandb_group"] = config.tracking.group or config.name  # where a report of these runs logs its table
     write_json_atomic(out, summary)
     for stage, info in summary["stages"].items():
         log.info("%-16s %s %s", stage, "cached" if info["cache_hit"] else "built ", info["path"])

@@ -21,6 +21,7 @@ RUN_SUMMARY_FILE = "run_summary.json"  # in Hydra's output folder: each stage's 
 EXAMPLES_FILE = "examples.jsonl"
 SCORES_FILE = "scores.parquet"
 SUBSET_FILE = "subset.jsonl"
+SUBSET_CARD_FILE = "README.md"  # the select folder's dataset card: load_dataset(<folder>) reads subset.jsonl typed
 SCORE_COLUMNS = ("id", "n_prompt_tokens", "n_response_tokens", "loss_direct", "loss_conditioned", "ppl_direct",
                  "ppl_conditioned", "ifd", "skip_reason")
 TURN_COLUMNS = ("ifd_max", "n_turns", "n_turns_scored")  # added by score.turns=each

@@ -13,7 +13,7 @@ import json
 import math
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ from superfilter.artifacts import write_text_atomic
 from superfilter.consistency import RATIOS, consistency, scatter_plot
 from superfilter.contracts import EVAL_DIR, PAIRWISE_SETS, REPORT_COLUMNS, SCORES_FILE, TRAIN_METRICS_FILE
 from superfilter.errors import ConfigError, DataError
+from superfilter.published import cells_for, describe
 from superfilter.runs import StageRecord, find_run_summaries, read_object, read_stage
+from superfilter.tracking import TrackingConfig, log_report_table
 
 REPORT_FILE = "report.md"
 REPORT_COMMAND = ("python", "experiments/report.py")  # the thin script over build_report, for the commands section
@@ -50,21 +52,6 @@ DATA_FAMILIES = {"alpaca_gpt4": "Alpaca-GPT4", "wizardlm": "WizardLM-70k", "alpa
 # Paper Table 4: minutes to score Alpaca 52k.
 PAPER_COST_MINUTES = {"GPT-2 IFD": 8, "LLaMA2-7B IFD": 161, "ChatGPT scoring": 120, "reward model": 1400}
 
-# Paper Tables 2/3 (Alpaca, LLaMA2-7B student, GPT-2 filter), pairwise vs the 100% model, Open LLM avg, AlpacaEval.
-PAPER_BUDGET: dict[tuple[str, float], dict[str, float]] = {
-    ("full", 1.0): {"pairwise": 1.000, "open_llm": 55.25, "alpaca_eval": 27.75},
-    ("superfilter", 0.05): {"pairwise": 1.133, "open_llm": 55.67, "alpaca_eval": 33.04},
-    ("superfilter", 0.1): {"pairwise": 1.101, "open_llm": 56.97},
-    ("superfilter", 0.15): {"pairwise": 1.193, "open_llm": 56.61},
-    ("random", 0.05): {"pairwise": 0.936}, ("random", 0.1): {"pairwise": 0.968}, ("random", 0.15): {"pairwise": 0.977},
-    ("kmeans", 0.05): {"pairwise": 0.927}, ("kmeans", 0.1): {"pairwise": 0.977}, ("kmeans", 0.15): {"pairwise": 0.982},
-    ("perplexity", 0.05): {"pairwise": 0.261}, ("perplexity", 0.1): {"pairwise": 0.569},
-    ("perplexity", 0.15): {"pairwise": 0.610},
-    ("self_ifd", 0.05): {"pairwise": 1.303}, ("self_ifd", 0.1): {"pairwise": 1.330},
-    ("self_ifd", 0.15): {"pairwise": 1.294},
-}
-
-
 @dataclass(frozen=True)
 class Run:
     """One Hydra job: its stages as its run summary lists them, where their folders are, and its composed config."""
@@ -75,6 +62,7 @@ class Run:
     folders: dict[str, Path | None] = field(default_factory=dict)  # stage → folder; None once deleted or moved
     config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml
     summary_file: Path | None = None
+    wandb_group: str = ""  # from the run summary: where the report's table goes
 
     def metrics(self, name: str) -> dict[str, Any]:
         return self.stages[name].metrics if name in self.stages else {}
@@ -134,6 +122,10 @@ class BudgetRow:
     eval_key: str = ""
     train: Path | None = None
     partner_train: Path | None = None
+    dataset: str = ""  # conf names of the setting, for the published numbers (superfilter.published)
+    strong: str = ""
+    scorer: str | None = None  # the model whose scores chose the subset; None for random, k-means, full
+    setting: str = ""  # the experiment's name (cfg.name)
 
 
 def locate(raw: Path, home: Path) -> Path | None:
@@ -167,7 +159,7 @@ def load_runs(folder: Path, home: Path) -> list[Run]:
         label = " ".join(o for o in summary.overrides if not o.startswith(("experiment=", "hydra.")))
         runs.append(Run(label or shown(summary.folder, home), summary.overrides, summary.stages,
                         {name: locate(record.path, home) for name, record in summary.stages.items()},
-                        read_yaml(summary.folder / ".hydra" / "config.yaml"), summary.file))
+                        read_yaml(summary.folder / ".hydra" / "config.yaml"), summary.file, summary.wandb_group))
     return runs
 
 
@@ -405,8 +397,33 @@ def budget_rows(runs: Sequence[Run]) -> list[BudgetRow]:
                              or str(pairwise_file.get("reference", "")).startswith("full")),
             eval_settings=read_stage(eval_folder).params if eval_folder else {},
             open_llm_over=suite_result(eval_folder, "open_llm").get("average_over"),
-            job=run.label, eval_key=key, train=run.folder("train"), partner_train=run.folder("train_reference"))
+            job=run.label, eval_key=key, train=run.folder("train"), partner_train=run.folder("train_reference"),
+            **setting_of(run.config))
     return sorted(rows.values(), key=lambda r: (filter_rank(r.filter), r.ratio or 0))
+
+
+def setting_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The BudgetRow fields naming the setting, from the job's composed config (.hydra/config.yaml)."""
+    models = config.get("model") or {}
+    scorer_role = (config.get("filter") or {}).get("scorer", "weak")
+    scorer = (models.get(scorer_role) or {}).get("name") if scorer_role in ("weak", "strong") else None
+    return {"dataset": (config.get("data") or {}).get("name", ""),
+            "strong": (models.get("strong") or {}).get("name", ""), "scorer": scorer,
+            "setting": config.get("name", "")}
+
+
+def row_label(row: BudgetRow) -> str:
+    """The filter, and the model that scored for it: Table 3's rows differ only in that model."""
+    return f"{row.filter} ({row.scorer})" if row.scorer else row.filter
+
+
+def published_cell(row: BudgetRow) -> str:
+    """The published numbers of exactly this setting; the paper's pairwise numbers are vs its 100% model, so they
+    are shown only when that is this row's partner too."""
+    cells = cells_for(row.dataset, row.strong, row.scorer, row.filter, row.ratio, row.setting)
+    if not (row.partner_is_full or row.filter == "full"):
+        cells = [c for c in cells if c.metric != "pairwise"]
+    return describe(cells)
 
 
 def filter_rank(name: str) -> int:
@@ -452,23 +469,24 @@ def settings_note(rows: Sequence[BudgetRow]) -> list[str]:
 
 
 def budget_table(rows: Sequence[BudgetRow]) -> list[str]:
+    """Paper Tables 2/3 as markdown (see budget_cells)."""
+    return markdown_table(*budget_cells(rows))
+
+
+def budget_cells(rows: Sequence[BudgetRow]) -> tuple[list[str], list[list[Any]]]:
     """Paper Tables 2/3: per filter and budget, the pairwise winning score per test set, each suite's report columns,
-    and the paper's numbers for the same filter and budget."""
+    and the published numbers of the same setting: (header, rows)."""
     suite_header = list(dict.fromkeys(column for row in rows for column in row.suites or {}))
     header = ["filter", "budget", "n", "mean response chars", "partner", *PAIRWISE_SETS.values(), "overall (W/T/L)",
-              *suite_header, "paper: pairwise", "paper: Open LLM", "paper: AlpacaEval"]
+              *suite_header, "published (same setting)"]
     body = []
     for row in rows:
-        paper = PAPER_BUDGET.get((row.filter, round(row.ratio or 0, 4)), {})
-        # The paper's pairwise numbers are vs the 100% model: set beside ours only when that is our partner too.
-        paper_pairwise = paper.get("pairwise") if row.partner_is_full or row.filter == "full" else None
         wtl = "/".join(fmt(v) for v in row.wtl) if row.overall is not None else ""
-        body.append([row.filter, f"{row.ratio:.0%}" if row.ratio is not None else "–", row.n,
+        body.append([row_label(row), f"{row.ratio:.0%}" if row.ratio is not None else "–", row.n,
                      fmt(row.response_chars, 0), row.partner or "–", *[row.sets.get(name) for name in PAIRWISE_SETS],
                      f"{fmt(row.overall)} ({wtl})" if row.overall is not None else "–",
-                     *[fmt((row.suites or {}).get(column), 2) for column in suite_header], paper_pairwise,
-                     fmt(paper.get("open_llm"), 2), fmt(paper.get("alpaca_eval"), 2)])
-    return markdown_table(header, body)
+                     *[fmt((row.suites or {}).get(column), 2) for column in suite_header], published_cell(row)])
+    return header, body
 
 
 def budget_section(rows: Sequence[BudgetRow], charts: Sequence[tuple[str, Path]] = ()) -> list[str]:
@@ -482,10 +500,11 @@ def budget_section(rows: Sequence[BudgetRow], charts: Sequence[tuple[str, Path]]
                   f"suites' report columns ({REPORT_COLUMNS} in metrics.json), so its suite columns are blank; "
                   "delete that eval folder and rerun to fill them" for row in rows if row.suites is None]
     lines += ["", *unrecorded, *([""] if unrecorded else []), *settings_note(rows)]
-    lines += ["Winning score = (W − L) / N + 1 over both answer orders (1.0 = parity with the partner). Paper "
-              "columns: Alpaca 52k → LLaMA2-7B with GPT-2 IFD (Table 2; random, k-means, perplexity and "
-              "self-filtering from Table 3), GPT-4 judge, the full test sets; AlpacaEval v1 and the Open LLM "
-              "average in %. Ours: see the judge and limits in each evaluation's summary.md.", ""]
+    lines += ["Winning score = (W − L) / N + 1 over both answer orders (1.0 = parity with the partner). Published: "
+              "the numbers of exactly this setting (data, strong model, scoring model, filter, budget), each with "
+              "its source: the paper's Tables 2/3 (GPT-4 judge, full test sets, AlpacaEval v1, Open LLM average "
+              "in %), or for a bench/* setting the numbers later papers report for Superfiltering as their "
+              "baseline, whose recipes differ. Ours: see the judge and limits in each evaluation's summary.md.", ""]
     for alt, chart in charts:
         lines += [f"![{alt}]({chart.name})", ""]
     return lines
@@ -631,6 +650,19 @@ def pyplot() -> Any:
     return plt
 
 
+def log_to_tracker(runs: Sequence[Run], header: list[str], body: list[list[Any]]) -> None:
+    """The budget table, once, as a W&B table in the runs' group, when their tracking was on."""
+    config = runs[-1].config
+    known = {f.name for f in fields(TrackingConfig)}
+    tracking = {k: v for k, v in (config.get("tracking") or {}).items() if k in known}
+    if not tracking:
+        return
+    group = runs[-1].wandb_group or str(config.get("name", "default"))
+    log_report_table(TrackingConfig(**tracking), header, [[str(c) if c is not None else None for c in row]
+                                                          for row in body],
+                     group=group, root=Path(str(config.get("artifact_root", "artifacts"))))
+
+
 def build_report(folder: Path, out: Path, reference: str | None = None, home: Path | None = None) -> Path:
     """Write <out>/report.md and its plots for every run below `folder`; return the report's path.
 
@@ -667,6 +699,7 @@ def build_report(folder: Path, out: Path, reference: str | None = None, home: Pa
                                                   ("loss curves", loss_plot(rows, out / "loss_curves.png")))
                   if chart is not None]
         lines += budget_section(rows, charts)
+        log_to_tracker(runs, *budget_cells(rows))
     lines += reuse_section(runs)
     lines += compute_section(compute_seconds(runs))
     report = out / REPORT_FILE

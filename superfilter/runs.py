@@ -54,6 +54,7 @@ class RunSummary:
     file: Path
     stages: dict[str, StageRecord]
     overrides: list[str]
+    wandb_group: str = ""  # where a report of these runs logs its table; empty in summaries written before it
 
     @property
     def folder(self) -> Path:
@@ -147,7 +148,8 @@ def read_run_summary(path: Path) -> RunSummary:
     overrides = _field(summary, "overrides", list, file, default=[])
     if not all(isinstance(o, str) for o in overrides):
         raise DataError(f"{file}: field overrides must be a list of strings, got {overrides!r}")
-    return RunSummary(file=file, stages=stages, overrides=list(overrides))
+    wandb_group = _field(summary, "wandb_group", str, file, default="")
+    return RunSummary(file=file, stages=stages, overrides=list(overrides), wandb_group=wandb_group)
 
 
 def find_run_summaries(folder: Path) -> list[RunSummary]:

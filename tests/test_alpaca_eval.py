@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import random
@@ -15,7 +16,8 @@ from eval.judge import JudgeRequest, alpaca_eval_2_preference
 from eval.metrics import alpaca_eval
 from superfilter.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared" / "data" / "alpaca_eval"
 ANNOTATIONS = SHARED / "annotations" / "alpaca-7b_weighted_alpaca_eval_gpt4_turbo.json"
 LEADERBOARD = SHARED / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
 needs_shared = pytest.mark.skipif(not ANNOTATIONS.is_file(), reason=f"real annotations not found at {ANNOTATIONS}")
@@ -233,3 +235,22 @@ def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_train_
     assert any(p not in (1.0, 2.0) for p in preferences)  # weighted by probabilities, not a hard verdict
     result = json.loads((out / "eval" / "alpaca_eval.json").read_text())
     assert result["win_rate"] == pytest.approx(100 * sum(p - 1 for p in preferences) / 6)
+
+
+@needs_shared
+def test_leaderboard_check_script_recomputes_a_models_row_and_flags_a_changed_one(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "leaderboard_check", PROJECT / "experiments" / "alpaca_eval_leaderboard" / "check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    folder = tmp_path / "results" / "alpaca-7b" / check.ANNOTATOR
+    folder.mkdir(parents=True)
+    (folder / "annotations.json").write_text(ANNOTATIONS.read_text())
+    assert check.main([str(tmp_path / "results"), str(LEADERBOARD)]) == 0
+    out = capsys.readouterr().out
+    assert "| alpaca-7b | 2.5915 | 2.5915 |" in out and "1 models, 802 preferences: every" in out
+    changed = tmp_path / "leaderboard.csv"
+    rows = [line.replace("alpaca-7b,2.", "alpaca-7b,3.", 1) for line in LEADERBOARD.read_text().splitlines()]
+    changed.write_text("\n".join(rows) + "\n")
+    assert check.main([str(tmp_path / "results"), str(changed)]) == 1
+    assert "1 differ beyond 1e-09: alpaca-7b" in capsys.readouterr().out

@@ -119,7 +119,7 @@ class Recorder(StageRun):
         self.calls.append(("image", name))
 
     def table(self, name, columns, rows) -> None:
-        self.calls.append(("table", len(rows)))
+        self.calls.append(("table", (name, len(rows))))
 
 
 def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
@@ -129,7 +129,9 @@ def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     cfg.alpaca_eval.limit = 3
     tracker = Recorder()
     metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, tracker)
-    assert [c[0] for c in tracker.calls] == ["log", "table", "image"] and tracker.calls[1][1] == len(SETS) + 1
+    assert [c[0] for c in tracker.calls] == ["log", "table", "table", "table", "image"]
+    assert dict(c[1] for c in tracker.calls if c[0] == "table") == {  # per set and overall; a row per prompt
+        "pairwise": len(SETS) + 1, "pairwise_samples": 2 * len(SETS), "alpaca_eval_samples": 3}
     assert set(tracker.calls[0][1]) == {"pairwise_winning_score", "alpaca_eval_win_rate"}
 
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["unparseable"] == 2 * len(SETS)

@@ -57,10 +57,11 @@ def score_stage(root: Path, model: str, seed: int, prepare: dict, rate: float) -
     return info
 
 
-def job(folder: Path, overrides: list[str], stages: dict, strong: str = "strong") -> None:
+def job(folder: Path, overrides: list[str], stages: dict, strong: str = "strong", setting: dict | None = None) -> None:
+    """setting: the composed config's data/model/filter/name parts (conf names), as .hydra/config.yaml holds them."""
     write_json(folder / "run_summary.json", {"stages": stages, "overrides": overrides})
     (folder / ".hydra").mkdir(parents=True, exist_ok=True)
-    config = {"model": {"strong": {"name": strong}}, "eval": {"reference": "full"}}
+    config = {"model": {"strong": {"name": strong}}, "eval": {"reference": "full"}, **(setting or {})}
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -141,8 +142,9 @@ def test_budget_folder(budget_folder, tmp_path):
     assert "python run.py -m experiment=cpu/budget_sweep" in text
     assert "## Weak-to-strong consistency" not in text  # one scorer: nothing to compare
     rows = {line.split(" | ")[0] + line.split(" | ")[1]: line for line in text.splitlines() if "full 100%" in line}
-    assert "1.133" in rows["| superfilter5%"] and "55.67" in rows["| superfilter5%"]
-    assert "0.936" in rows["| random5%"] and "1.100 (3/4/3)" in rows["| random5%"]
+    # A CPU sweep (its data and models are not the paper's): no published number beside it.
+    assert rows["| superfilter5%"].endswith("| – |") and "1.133" not in text and "55.67" not in text
+    assert "1.100 (3/4/3)" in rows["| random5%"] and "0.936" not in rows["| random5%"]
     assert "| 40.00 | 30.00 |" in rows["| superfilter10%"]  # AlpacaEval %, Open LLM as %
     assert "cached `" in text and "score 1," in text  # later jobs reused the one scoring
     assert "Warning" not in text
@@ -162,7 +164,7 @@ def test_missing_artifacts_do_not_break_the_report(consistency_folder, budget_fo
     shutil.rmtree(tmp_path / "artifacts" / "train")
     text = report.build_report(tmp_path / "multirun", tmp_path / "out").read_text()
     assert "not found (artifact missing)" in text
-    assert "## Budget" in text and "1.133" in text
+    assert "## Budget" in text and "1.100 (3/4/3)" in text
     assert "python run.py -m experiment=cpu/consistency" in text and "experiment=cpu/budget_sweep" in text
 
 
@@ -193,24 +195,30 @@ def test_malformed_report_columns_fail_naming_the_field(budget_folder, tmp_path)
 
 
 def test_budget_table_layout():
-    rows = [BudgetRow("full", 1.0, n=100, suites={"Open LLM avg %": 30.0}),
+    setting = {"dataset": "alpaca", "strong": "llama2_7b"}
+    rows = [BudgetRow("full", 1.0, n=100, suites={"Open LLM avg %": 30.0}, **setting),
             BudgetRow("superfilter", 0.05, n=5, response_chars=812.4, partner="full 100%",
                       sets={"vicuna": 1.2, "lima": 0.9}, overall=1.05, wtl=(4, 3, 2),
-                      suites={"AlpacaEval win %": 40.0, "Open LLM avg %": 31.5}, partner_is_full=True)]
+                      suites={"AlpacaEval win %": 40.0, "Open LLM avg %": 31.5}, partner_is_full=True,
+                      scorer="gpt2", **setting)]
     lines = report.budget_table(rows)
     assert lines[0] == ("| filter | budget | n | mean response chars | partner | Vicuna | Koala | WizardLM | "
                         "Self-Instruct | LIMA | overall (W/T/L) | Open LLM avg % | AlpacaEval win % | "
-                        "paper: pairwise | paper: Open LLM | paper: AlpacaEval |")
-    assert lines[1] == "|" + "---|" * 16
-    assert lines[2] == "| full | 100% | 100 | – | – | – | – | – | – | – | – | 30.00 | – | 1.000 | 55.25 | 27.75 |"
-    assert lines[3] == ("| superfilter | 5% | 5 | 812 | full 100% | 1.200 | – | – | – | 0.900 | 1.050 (4/3/2) | "
-                        "31.50 | 40.00 | 1.133 | 55.67 | 33.04 |")
+                        "published (same setting) |")
+    assert lines[1] == "|" + "---|" * 14
+    source = "(Superfiltering (ACL 2024), Table 2, alpaca → llama2_7b) |"
+    assert lines[2] == ("| full | 100% | 100 | – | – | – | – | – | – | – | – | 30.00 | – | pairwise 1.000 · "
+                        f"Open LLM 55.25 · AlpacaEval 27.75 {source}")
+    assert lines[3] == ("| superfilter (gpt2) | 5% | 5 | 812 | full 100% | 1.200 | – | – | – | 0.900 | "
+                        f"1.050 (4/3/2) | 31.50 | 40.00 | pairwise 1.133 · Open LLM 55.67 · AlpacaEval 33.04 {source}")
 
 
 def test_paper_pairwise_is_shown_only_against_the_full_model():
-    row = BudgetRow("random", 0.1, partner="random 10%", overall=1.0, wtl=(1, 1, 1))
-    assert report.budget_table([row])[2].endswith("| 1.000 (1/1/1) | – | – | – |")
-    assert "| 0.968 |" in report.budget_table([BudgetRow("random", 0.1, partner_is_full=True)])[2]
+    setting = {"dataset": "alpaca", "strong": "llama2_7b"}
+    row = BudgetRow("random", 0.1, partner="random 10%", overall=1.0, wtl=(1, 1, 1), **setting)
+    assert report.budget_table([row])[2].endswith("| 1.000 (1/1/1) | – |")
+    against_full = report.budget_table([BudgetRow("random", 0.1, partner_is_full=True, **setting)])[2]
+    assert "pairwise 0.968 (Superfiltering (ACL 2024), Table 3" in against_full
 
 
 def test_consistency_table_layout():
@@ -262,3 +270,65 @@ def test_script_writes_the_report_and_fails_in_one_line(budget_folder, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         script.main([str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "no run_summary.json" in capsys.readouterr().err
+
+
+def sweep_job(root: Path, folder: Path, i: int, data: str, strong: str, weak: str, name: str, ratio: float,
+              setting: str = "table2_main") -> None:
+    prepare = artifact(root, "prepare", f"prep{data}".ljust(64, "0"), {"data": data, "n_records": N_RECORDS})
+    score = score_stage(root, f"{weak}-{data}", i, prepare, 20.0)
+    select = artifact(root, "select", f"sel{i:02d}".ljust(64, "0"),
+                      {"selector": name, "ratio": ratio, "count": int(N_RECORDS * ratio)})
+    stages = {"prepare": prepare, "score": score, "select": select, "train": train_stage(root, f"tr{i:02d}", 3),
+              "eval": eval_stage(root, f"ev{i:02d}", 1.0)}
+    config = {"data": {"name": data}, "model": {"strong": {"name": strong}, "weak": {"name": weak}},
+              "filter": {"name": name, "scorer": "none" if name in ("random", "full") else "weak"}, "name": setting}
+    job(folder / str(i), [f"data={data}", f"model/strong={strong}", f"model/weak={weak}", f"filter={name}",
+                          f"ratio={ratio}"], stages, strong=strong, setting=config)
+
+
+def test_published_numbers_are_those_of_exactly_the_same_setting(tmp_path):
+    """A multi-dataset, multi-model sweep and a bench run: each row gets the cells of its own setting or none."""
+    root, sweep = tmp_path / "artifacts", tmp_path / "multirun" / "m"
+    jobs = [("alpaca", "llama2_7b", "gpt2", "superfilter", 0.05), ("alpaca_gpt4", "llama2_13b", "gpt2", "superfilter",
+            0.05), ("alpaca", "llama2_7b", "gpt_neo_1.3b", "superfilter", 0.05), ("alpaca", "llama2_7b", "gpt2",
+            "random", 0.1), ("alpaca", "llama2_13b", "gpt2", "superfilter", 0.1)]
+    for i, spec in enumerate(jobs):
+        sweep_job(root, sweep, i, *spec)
+    sweep_job(root, sweep, 10, "metamathqa", "qwen2_5_7b", "gpt2", "superfilter", 0.1, setting="bench_math")
+    sweep_job(root, sweep, 11, "metamathqa", "qwen2_5_7b", "gpt2", "random", 0.1, setting="bench_math")
+    multirun_yaml(sweep, ["experiment=paper/table2_main"])
+    lines = report.build_report(sweep, tmp_path / "out").read_text().splitlines()
+    rows = [line for line in lines if line.startswith(("| superfilter", "| random"))]
+    assert len(rows) == 7, rows
+    by_label = {}
+    for line in rows:
+        cells = line.split(" | ")
+        by_label.setdefault((cells[0].strip("| "), cells[1]), []).append(line)
+    alpaca_7b, gpt4_13b = [r for r in by_label[("superfilter (gpt2)", "5%")]]
+    assert "1.133" in alpaca_7b and "55.67" in alpaca_7b and "33.04" in alpaca_7b and "Table 2" in alpaca_7b
+    assert "1.041" in gpt4_13b and "63.29" in gpt4_13b and "78.15" in gpt4_13b
+    assert by_label[("superfilter (gpt_neo_1.3b)", "5%")][0].endswith("| – |")  # no GPT-Neo cell transcribed
+    assert "0.968" in by_label[("random", "10%")][0]  # Table 3: random needs no scorer
+    # Alpaca on 13B at 10% is not in the paper, and a bench setting shows its own published numbers only.
+    superfilter_10 = by_label[("superfilter (gpt2)", "10%")]
+    assert [r for r in superfilter_10 if r.endswith("| – |")] and not any("56.97" in r for r in superfilter_10)
+    bench = next(r for r in superfilter_10 if "AIME24" in r)
+    assert "GSM8K 7.6" in bench and "MATH-500 63.4" in bench and "recipe differs" in bench
+    assert "Open LLM" not in bench and "1.101" not in bench
+    assert [r for r in by_label[("random", "10%")] if r.endswith("| – |")]  # the bench random row: nothing published
+
+
+def test_the_budget_table_goes_to_the_tracker_once_in_the_runs_group(budget_folder, tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(report, "log_report_table", lambda cfg, columns, rows, *, group, root:
+                        logged.append((cfg.mode, columns, rows, group, root)))
+    report.build_report(budget_folder, tmp_path / "out")
+    assert logged == []  # these runs recorded no tracking settings
+    for config in budget_folder.glob("*/.hydra/config.yaml"):
+        saved = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**saved, "tracking": {"mode": "offline", "project": "p"},
+                                          "artifact_root": str(tmp_path / "artifacts"), "name": "budget_sweep"}))
+    report.build_report(budget_folder, tmp_path / "out")
+    ((mode, columns, rows, group, root),) = logged
+    assert mode == "offline" and group == "budget_sweep" and root == tmp_path / "artifacts"
+    assert columns[0] == "filter" and len(rows) == 3 and all(isinstance(c, (str, type(None))) for c in rows[0])

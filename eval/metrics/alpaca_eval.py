@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from eval.judge import Annotation, JudgeRequest
+from eval.judge import Annotation, JudgeRequest, alpaca_eval_2_preference
 from superfilter.errors import DataError
 
 # The release whose protocol this follows: one annotation per instruction, the two outputs shown in a random
@@ -242,3 +242,27 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {r['generator']} | {r['baseline']} | {r['win_rate']:.2f} | {r['standard_error']:.2f} "
                      f"| {r['n_total']} | {r['n_draws']} | {r['avg_length']} | {lc_cell} |")
     return "\n".join(lines)
+
+
+def check_against_leaderboard(records: Sequence[dict[str, Any]], published: dict[str, str]) -> dict[str, Any]:
+    """One generator's annotations (alpaca_eval's own, with the judge's raw replies) against its leaderboard row:
+    our win rate and standard error beside the published ones, and every preference re-derived from the judge's
+    log-probabilities with our output-order rule and weighted reading (records without a reply are draws upstream)."""
+    ours = head_to_head([r["preference"] for r in records])
+    rederived = []
+    for r in records:
+        raw = r.get("raw_completion")
+        if not isinstance(raw, dict):
+            continue
+        p_second = alpaca_eval_2_preference(raw.get("logprobs"))
+        if p_second is None:
+            rederived.append(math.inf)
+            continue
+        p_model = 1.0 - p_second if model_first(r["instruction"]) else p_second
+        rederived.append(abs(1.0 + p_model - float(r["preference"])))
+    return {"generator": records[0]["generator_2"], "win_rate": ours["win_rate"],
+            "published_win_rate": float(published["win_rate"]),
+            "win_rate_diff": abs(ours["win_rate"] - float(published["win_rate"])),
+            "standard_error_diff": abs(ours["standard_error"] - float(published["standard_error"])),
+            "n_total": ours["n_total"], "published_n_total": int(published["n_total"]),
+            "preferences_rederived": len(rederived), "max_preference_diff": max(rederived, default=0.0)}

@@ -228,8 +228,11 @@ def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> 
         result = harness.evaluate(lms[batch_size], [ran], managers[source], entry.num_fewshot, limit,
                                   entry.apply_chat_template, entry.fewshot_as_multiturn, entry.gen_kwargs,
                                   cfg.allow_code_execution)
+        # The settings this run used, written into the rendered YAML: the lm_eval CLI reruns it as it ran here.
+        rerun = harness.pin_task(folder, ran, dict(entry.gen_kwargs), lms[batch_size].max_gen_toks, entry.num_fewshot)
         entries.append({
-            "task": entry.task, "ran": ran, "source": source, "limit": limit or None, "batch_size": batch_size,
+            "task": entry.task, "ran": ran, "rerun_task": rerun, "source": source, "limit": limit or None,
+            "batch_size": batch_size,
             "num_fewshot": entry.num_fewshot, "n_shot": result.get("n-shot"),
             "apply_chat_template": entry.apply_chat_template, "fewshot_as_multiturn": entry.fewshot_as_multiturn,
             "prompt_format": template if entry.apply_chat_template else "plain",

@@ -40,7 +40,7 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         skipped = {"skipped": "eval.reference=none (or the model is its own reference): no pairwise partner"}
         return Result(result=skipped, metrics=skipped, notes=["pairwise skipped: no reference model"])
     margin = ctx.cfg.judge.tie_margin
-    tallies = []
+    tallies, samples = [], []
     for name, prompts_ in prompts(ctx, cfg).model.items():
         tests = [TestPrompt(p.id, p.instruction, p.input) for p in prompts_]
         ours, theirs = ctx.outputs["pairwise"][name], ctx.reference_outputs["pairwise"][name]
@@ -53,6 +53,8 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         reviews = [(p.id, f.raw if f.ok else None, r.raw if r.ok else None)
                    for p, f, r in zip(tests, forward, reverse, strict=True)]
         tallies.append(pairwise.tally_reviews(name, reviews, margin))
+        samples += [[name, p.question, a, b, verdict(f, r, margin)]
+                    for (p, a, b), (_, f, r) in zip(triples, reviews, strict=True)]
         _write_review_log(ctx, name, tests, ours, theirs, forward, reverse)
     total = pairwise.pooled(tallies)
     chart = pairwise.plot_wtl(tallies, ctx.eval_dir / "pairwise_wtl.png", ctx.model_name, ctx.reference_name)
@@ -73,9 +75,17 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         headline={"pairwise_winning_score": total.winning_score},
         summary=[f"### Pairwise vs {ctx.reference_name} (both orders; winning score = (W - L) / N + 1)",
                  f"judge: {ctx.judge_note()}", "", pairwise.format_table([*tallies, total])],
-        tables=[Table("pairwise", ["set", "win", "tie", "lose", "unparseable", "winning_score"], rows)],
+        tables=[Table("pairwise", ["set", "win", "tie", "lose", "unparseable", "winning_score"], rows),
+                Table("pairwise_samples", ["set", "prompt", "answer", "partner answer", "verdict"], samples)],
         images={"pairwise_wtl": chart}, notes=notes,
     )
+
+
+def verdict(review: str | None, review_reverse: str | None, margin: float) -> str:
+    """One prompt's win/tie/lose for the tracker's samples table, as tally_reviews counts it."""
+    forward = pairwise.parse_scores(review) if review is not None else None
+    reverse = pairwise.parse_scores(review_reverse) if review_reverse is not None else None
+    return pairwise.outcome(forward, reverse, margin) if forward and reverse else "unparseable"
 
 
 def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:

@@ -15,7 +15,7 @@ from superfilter.data import Example, file_digest
 from superfilter.errors import UserError
 from superfilter.scoring.config import ScoreConfig
 from superfilter.scoring.engine import Engine
-from superfilter.scoring.tables import plan_shards, progress_bar, score_shard
+from superfilter.scoring.tables import plan_shards, progress_bar, score_shards
 
 SHARD_DIR = "shards"
 LAYOUT_FILE = "layout.json"
@@ -81,13 +81,19 @@ def load_or_plan_layout(shard_dir: Path, examples: ExampleFile, shard_size: int)
     return shards
 
 
-def score_shards_to_dir(engine: Engine, examples: Sequence[Example], layout: list[list[int]], todo: Sequence[int],
+def score_shards_to_dir(engine: Engine, examples: ExampleFile, layout: list[list[int]], todo: Sequence[int],
                         cfg: ScoreConfig, shard_dir: Path, progress: bool, position: int = 0) -> None:
-    with progress_bar(sum(len(layout[s]) for s in todo), progress, position) as bar:
-        for shard in todo:
-            started = time.perf_counter()
-            table = score_shard(engine, examples, layout[shard], cfg, bar)
-            write_shard(shard_dir, shard, table, time.perf_counter() - started)
+    shards = [layout[s] for s in todo]
+    work = float(sum(examples.costs[s].sum() for s in shards))
+    started = time.perf_counter()
+
+    def write(i: int, table) -> None:
+        nonlocal started
+        write_shard(shard_dir, todo[i], table, time.perf_counter() - started)
+        started = time.perf_counter()
+
+    with progress_bar(work, progress, position, n_records=sum(len(s) for s in shards)) as bar:
+        score_shards(engine, examples, shards, examples.costs, cfg, bar, write)
 
 
 def merge_shards(shard_dir: Path, layout: list[list[int]], n_records: int):
