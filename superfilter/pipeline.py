@@ -10,9 +10,10 @@ from typing import Any
 from eval.registry import get as get_suite
 from eval.stage import check as check_eval
 from eval.stage import eval_stage
-from superfilter.artifacts import Artifact
+from superfilter.artifacts import Artifact, planning
 from superfilter.config import Config
 from superfilter.contracts import SUBSET_FILE
+from superfilter.planning import check as check_plan
 from superfilter.runtime import resolve_device
 from superfilter.selection import SelectConfig
 from superfilter.stages import key_params, model_params, prepare, run_stage, score, scores_for_selection, select
@@ -67,10 +68,11 @@ def needs_partner(cfg: Config) -> bool:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
+    check_plan(cfg, run)  # what cannot fit its hardware stops here, with the fix (superfilter/planning.py)
     done: dict[str, Artifact] = {}
-    if "eval" in cfg.stages:
+    if "eval" in cfg.stages and not planning():  # plan=true reports this check's failure instead of stopping
         check_eval(cfg.eval)  # unknown tasks, missing files, Hub-only tasks offline: fail before any model loads
-    if set(cfg.stages) & {"train", "eval"}:
+    if set(cfg.stages) & {"train", "eval"} and not planning():
         check_train(cfg.train, cfg.runtime)  # a world that cannot train this config: fail before scoring
     examples = done["prepare"] = prepare(cfg)
     wanted = set(cfg.stages)

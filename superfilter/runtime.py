@@ -16,6 +16,8 @@ import torch
 from superfilter.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+# The GPUs `runtime.gpu` can name, with the memory nvidia-smi reports: a plan for a machine other than this one.
+GPU_MEMORY_GIB = {"a100-80gb": 80.0, "h100-80gb": 79.6, "h200": 140.4}
 
 
 @dataclass
@@ -23,6 +25,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_processes: int = 1  # per node; >1 launches scoring/training with accelerate (GPUs) or torchrun (CPU, gloo)
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    gpu: str = "auto"  # auto (what this host has) | a100-80gb | h100-80gb | h200: one per process, for the plan
     # Several nodes: node 0 runs the pipeline, the others follow it (superfilter/launch.py); a shared artifact_root.
     num_nodes: int = 1
     node_rank: int = -1  # this node's index; -1 = $SLURM_NODEID, else 0
@@ -42,6 +45,8 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.num_processes must be >= 1, got {self.num_processes}")
         if self.num_threads < 0:
             raise ConfigError(f"runtime.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
+        if self.gpu != "auto" and self.gpu not in GPU_MEMORY_GIB:
+            raise ConfigError(f"runtime.gpu must be auto or one of {list(GPU_MEMORY_GIB)}, got {self.gpu!r}")
         if self.num_nodes < 1:
             raise ConfigError(f"runtime.num_nodes must be >= 1, got {self.num_nodes}")
         if not -1 <= self.node_rank < self.num_nodes:

@@ -9,6 +9,8 @@ from typing import Any
 
 from matplotlib.figure import Figure  # a bare Figure draws with Agg: no pyplot, no display backend
 
+from superfilter.artifacts import write_jsonl
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -25,9 +27,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the rows of steps ≤ last_step: the steps after the checkpoint are trained (and logged) again."""
     rows = [r for r in read_metrics(path) if r["step"] <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_jsonl(path, rows)
 
 
 def append_metrics(path: Path, row: dict[str, Any]) -> None:

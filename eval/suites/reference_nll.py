@@ -4,7 +4,7 @@ No generation and no judge: each reference answer is scored with the same tokeni
 (superfilter.tokenized.encode), per item, so two models are compared by paired differences with a standard error.
 It measures how likely the model finds a fixed answer, not how good its own answers are.
 
-    python -m eval.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
+    python -m eval.commands.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
 prints the paired comparison of two evaluations' per-item files.
 """
 
