@@ -179,12 +179,13 @@ def test_num_nodes_zero_is_a_one_line_error():
         to_config(compose_config(["runtime.num_nodes=0"]))
 
 
-def test_a_sharding_config_on_one_process_fails_before_anything_loads(monkeypatch):
-    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepare ran"))
-    config = to_config(compose_config(["experiment=smoke", "train.accelerate_config=fsdp", "train.method=full"]))
+def test_a_sharding_config_on_one_process_fails_before_anything_loads(tmp_path):
+    config = to_config(compose_config(["experiment=smoke", "train.accelerate_config=fsdp", "train.method=full",
+                                       f"artifact_root={tmp_path}"]))
     with pytest.raises(ConfigError, match=r"train.accelerate_config=fsdp shards the model over processes, but "
                                           r"there is one .*use runtime.num_processes=N"):
         pipeline.run(config)
+    assert not any(tmp_path.iterdir())  # no stage started
 
 
 @pytest.mark.parametrize(("batch", "micro", "processes", "nodes"), [(8, 3, 1, 1), (8, 1, 3, 1), (12, 2, 2, 2)])

@@ -274,7 +274,6 @@ def test_sharding_follows_the_accelerate_config_and_needs_several_processes():
 
     assert planning.sharding(TrainConfig(accelerate_config="fsdp"), 1) == "none"
     assert planning.sharding(TrainConfig(accelerate_config="fsdp"), 8) == "fsdp"
-    assert planning.sharding(TrainConfig(accelerate_config="deepspeed_zero3"), 8) == "zero3"
     assert planning.sharding(TrainConfig(accelerate_config="ddp"), 8) == "ddp"
 
 
