@@ -38,7 +38,6 @@ from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
 from train import report  # noqa: E402
 from train.batches import accumulation_steps, plan  # noqa: E402
-from train.checkpoints import Trainer  # noqa: E402
 from train.collate import encode_all  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.job import read_subset  # noqa: E402
@@ -47,7 +46,7 @@ from train.optim import make_optimizer, make_scheduler  # noqa: E402
 from train.precision import make_precision  # noqa: E402
 from train.sharding import Strategy  # noqa: E402
 from train.stage import train_stage  # noqa: E402
-from train.step import train_step  # noqa: E402
+from train.step import Trainer, train_step  # noqa: E402
 from train.world import World  # noqa: E402
 
 MODES = {"padding": False, "packing": True}

@@ -10,7 +10,7 @@ import json
 import logging
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +27,14 @@ from superfilter.runtime import resolve_dtype
 from train.batches import Step
 from train.job import TrainJob
 from train.lora import lora_config
-from train.precision import Precision
-from train.sharding import Strategy, empty_model, gathered_state_dict, unwrap
-from train.world import World
+from train.sharding import empty_model, gathered_state_dict, unwrap
+from train.step import Trainer
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_DONE = "_COMPLETE"
 LOOP_FILE = "loop.pt"  # scheduler and loss-scaler state (rank 0 writes, every rank reads)
-
-
-@dataclass
-class Trainer:
-    """What a rank trains with: its world, the strategy, precision, the (wrapped) model and its optimizer."""
-
-    world: World
-    strategy: Strategy
-    precision: Precision
-    model: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    trainable_only: bool  # LoRA: checkpoints hold the adapters; the frozen base comes from the model spec
 
 
 def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
@@ -148,7 +134,7 @@ def save_outputs(trainer: Trainer, job: TrainJob, out_dir: Path) -> None:
 def assembled_model(job: TrainJob, state: dict[str, torch.Tensor], dtype: torch.dtype):
     """A whole model on the CPU holding gathered weights: LoRA on a freshly loaded base, or the full weights."""
     if job.train.method == "lora":
-        base, _ = load_model(job.model, torch.device("cpu"), dtype=dtype, for_training=True)
+        base, _ = load_model(job.model, torch.device("cpu"), dtype=dtype)
         model = get_peft_model(base, lora_config(base, job.train))
         unexpected = model.load_state_dict(state, strict=False).unexpected_keys
         if unexpected:

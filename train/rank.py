@@ -25,14 +25,14 @@ from superfilter.runtime import choose_dtype, peak_rss_mb
 from superfilter.tracking import StageRun
 from train import report
 from train.batches import Step, accumulation_steps, plan, steps_per_epoch, total_steps
-from train.checkpoints import CHECKPOINT_DIR, Trainer, resume, save_checkpoint, save_outputs
+from train.checkpoints import CHECKPOINT_DIR, resume, save_checkpoint, save_outputs
 from train.collate import EncodeReport, encode_all
 from train.job import TrainJob, check_encoded, check_template, read_subset
 from train.lora import keep_adapter_inputs_in_half, make_trainable
 from train.optim import make_optimizer, make_scheduler
 from train.precision import make_precision, weights_dtype
 from train.sharding import Strategy, build_model, check_world, shard
-from train.step import train_step
+from train.step import Trainer, train_step
 from train.world import World, join_world, leave_world
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,11 +12,25 @@ from torch.distributed.tensor import DTensor
 
 from superfilter.tokenized import Encoded
 from train.batches import Step, rank_micro_batches
-from train.checkpoints import Trainer
 from train.collate import collate
 from train.config import TrainConfig
 from train.loss import token_loss_sum
-from train.sharding import accumulating
+from train.precision import Precision
+from train.sharding import Strategy, accumulating
+from train.world import World
+
+
+@dataclass
+class Trainer:
+    """What a rank trains with: its world, the strategy, precision, the (wrapped) model and its optimizer."""
+
+    world: World
+    strategy: Strategy
+    precision: Precision
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable_only: bool  # LoRA: checkpoints hold the adapters; the frozen base comes from the model spec
 
 
 def train_step(trainer: Trainer, step: Step, encoded: list[Encoded], lengths: list[int], pad_id: int,

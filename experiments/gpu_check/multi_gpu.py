@@ -23,13 +23,12 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from superfilter.runtime import peak_rss_mb
 from superfilter.tokenized import Encoded
 from train.batches import Step
-from train.checkpoints import Trainer
 from train.config import TrainConfig
 from train.lora import make_trainable
 from train.optim import make_optimizer, make_scheduler
 from train.precision import make_precision
 from train.sharding import Strategy, fully_shard_layers, shard
-from train.step import train_step
+from train.step import Trainer, train_step
 from train.world import join_world, leave_world
 
 MODES = {"fsdp-full": ("fsdp", "full"), "ddp-lora": ("ddp", "lora")}
