@@ -74,7 +74,7 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
     optimizer = make_optimizer(model, cfg)
     steps = plan(len(encoded), cfg.batch_size, 1 + args.repeats * args.steps, seed=0)
     scheduler = make_scheduler(optimizer, cfg, len(steps))
-    single = Strategy("single", "")
+    single = Strategy("single")
     trainer = Trainer(World(0, 1, 0, device), single, make_precision(cfg.mixed_precision, device, single), model,
                       optimizer, scheduler, trainable_only=cfg.method == "lora")
     lengths = [e.n_tokens for e in encoded]

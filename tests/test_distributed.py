@@ -276,7 +276,7 @@ def test_slurm_launcher_runs_one_task_per_node_with_its_gpus_and_one_accelerate_
 # Two ranks on a CPU: each strategy trains as one process does, and model/ holds the weights the ranks held.
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "config"), [("lora", "ddp"), ("full", "fsdp"), ("lora", "fsdp")])
+@pytest.mark.parametrize(("method", "config"), [("full", "ddp"), ("lora", "ddp"), ("full", "fsdp"), ("lora", "fsdp")])
 def test_two_ranks_train_as_one_process_and_save_what_they_hold(tmp_path, reference, method, config):
     cfg = replace(CFG, method=method, accelerate_config=config)
     job_file = write_job(tmp_path, cfg, replace(CPU, num_processes=2))

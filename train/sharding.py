@@ -57,8 +57,7 @@ class Strategy:
     """`single` (one process), `ddp` (a full replica per rank) or `fsdp` (FSDP2 full shard)."""
 
     name: str
-    source: str  # the accelerate config it was read from
-    reshard_after_forward: bool = True
+    reshard_after_forward: bool = True  # FSDP: free each layer's gathered weights after its forward
 
     @property
     def sharded(self) -> bool:
@@ -84,8 +83,8 @@ def read_strategy(name: str) -> Strategy:
         raise ConfigError(f"{path}: distributed_type={kind!r} is not supported; use MULTI_GPU (DDP) or FSDP (FSDP2)"
                           + (" (DeepSpeed: see docs/training.md)" if kind == "DEEPSPEED" else ""))
     if STRATEGIES[kind] == "fsdp":
-        return Strategy("fsdp", str(path), **fsdp_settings(path, settings.get("fsdp_config") or {}))
-    return Strategy("ddp", str(path))
+        return Strategy("fsdp", **fsdp_settings(path, settings.get("fsdp_config") or {}))
+    return Strategy("ddp")
 
 
 def fsdp_settings(path: Path, fsdp: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +117,7 @@ def check_world(cfg: TrainConfig, runtime: RuntimeConfig) -> Strategy:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is not a multiple of train.micro_batch_size × "
                           f"processes = {cfg.micro_batch_size} × {world} = {per_step}; change train.batch_size or "
                           "train.micro_batch_size")
-    return Strategy("single", strategy.source) if world == 1 else strategy
+    return Strategy("single") if world == 1 else strategy
 
 
 def empty_model(spec: ModelConfig, dtype: torch.dtype, device: torch.device, pad_token_id: int | None):

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     world = join_world(args.device, int(os.environ.get("WORLD_SIZE", "1")))
     try:
         strategy_name, method = MODES[args.mode]
-        strategy = Strategy(strategy_name, "experiments/gpu_check")
+        strategy = Strategy(strategy_name)
         cfg = TrainConfig(method=method, batch_size=world.size, micro_batch_size=1, max_length=args.tokens,
                           gradient_checkpointing=method == "full", mixed_precision="auto", warmup_ratio=0.0)
         precision = make_precision(cfg.mixed_precision, world.device, strategy)
