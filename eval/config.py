@@ -19,6 +19,9 @@ class _EvalChecks(EvalSettings):
         for name in self.suites:
             get(name)
         one_of("eval.reference", [self.reference], REFERENCES)
+        if self.equal_tokens and self.reference != "random":
+            raise ConfigError(f"eval.equal_tokens=true trains random at this run's token count; it needs "
+                              f"eval.reference=random, got {self.reference}")
         one_of("eval.generation.backend", [self.generation.backend], GENERATION_BACKENDS)
         one_of("eval.judge.backend", [self.judge.backend], tuple(JUDGES))
         check_limit("eval.limit", self.limit)

@@ -304,8 +304,10 @@ def code_execution(allowed: bool) -> Iterator[None]:
 
 def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = None, limit: int = 0,
              apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
-             gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False) -> dict[str, Any]:
-    """One lm-eval `simple_evaluate` call with the project's fixed seeds and code-execution gate; no samples logged."""
+             gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False,
+             log_samples: bool = False) -> dict[str, Any]:
+    """One lm-eval `simple_evaluate` call with the project's fixed seeds and code-execution gate; log_samples keeps
+    result["samples"] (per document: its metrics, prompts and answers)."""
     # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval import simple_evaluate
 
@@ -314,7 +316,7 @@ def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = 
     with code_execution(allow_code_execution):
         return simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit or None, task_manager=manager,
-            log_samples=False, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
+            log_samples=log_samples, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
             fewshot_as_multiturn=fewshot_as_multiturn, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
             confirm_run_unsafe_code=allow_code_execution, **SEEDS)
 

@@ -67,6 +67,9 @@ class EvalSettings:
     limit: int = 0  # default cap per test set / benchmark task for every suite; 0 = everything
     # The pairwise partner: the same strong model trained on full (100%, the paper) | random (same budget) | none.
     reference: str = "full"
+    # With reference=random: also train random at the token count of this run's subset (filter.budget_tokens) and
+    # compare with it on the suites that need no judge (equal records and equal tokens, superfilter.pipeline).
+    equal_tokens: bool = False
     template: str = ""  # prompt template for generation; empty = the one the model was trained with
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)

@@ -14,6 +14,7 @@ from superfilter.artifacts import write_json_atomic, write_text_atomic
 from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, REPORT_COLUMNS
 from superfilter.runs import subset_label
 from superfilter.runtime import RuntimeConfig, release_memory, resolve_device
+from superfilter.stats import PAIRED, verdict_lines
 from superfilter.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def eval_stage(
 
 
 def model_label(model_dir: Path) -> str:
-    """'<filter> <ratio>' from the train stage's upstream select stage; the folder name when that is unknown."""
+    """'<filter> <ratio>%' (or '<filter> <N> tokens' for a token budget) from the train stage's upstream select
+    stage; the folder name when that is unknown."""
     return subset_label(model_dir) or Path(model_dir).name
 
 
@@ -118,6 +120,9 @@ def _generate(ctx: Context, model_dir: Path, groups: dict[tuple[str, str], list]
 def summary_markdown(ctx: Context, results: dict[str, Result], seconds: float) -> str:
     """The run's evaluation table (eval/summary.md), also printed at the end of the stage."""
     lines = [f"## Evaluation of {ctx.model_name}", "", f"model: `{ctx.model_dir}`"]
+    paired = paired_lines(ctx, results)
+    if paired:
+        lines += ["", "### Paired comparisons (mean per-item difference, 95% bootstrap CI over items)", "", *paired]
     for result in results.values():
         if result.summary:
             lines += ["", *result.summary]
@@ -128,12 +133,31 @@ def summary_markdown(ctx: Context, results: dict[str, Result], seconds: float) -
     return "\n".join(lines)
 
 
+def paired(results: dict[str, Result]) -> list[tuple[str, dict[str, Any]]]:
+    """(suite, comparison) for every comparison a suite put under metrics[<suite>][PAIRED]."""
+    return [(name, c) for name, r in results.items() if isinstance(r.metrics, dict)
+            for c in r.metrics.get(PAIRED, [])]
+
+
+def paired_lines(ctx: Context, results: dict[str, Result]) -> list[str]:
+    """One verdict line per comparison, led by '<model> vs <partner>'."""
+    return [line for _, c in paired(results) for line in verdict_lines([c], f"{ctx.model_name} vs {c['partner']}")]
+
+
+PAIRED_COLUMNS = ["suite", "measure", "partner", "delta", "lo", "hi", "n", "verdict"]
+
+
 def mirror(tracker: StageRun, results: dict[str, Result]) -> None:
-    """Results are on disk first; the tracker gets each suite's headline numbers, tables and images."""
+    """Results are on disk first; the tracker gets each suite's headline numbers, tables, paired comparisons and
+    images."""
     tracker.log({k: v for r in results.values() for k, v in r.headline.items()})
     for result in results.values():
         for t in result.tables:
             tracker.table(t.name, t.columns, t.rows)
+    comparisons = paired(results)
+    if comparisons:
+        tracker.table(PAIRED, PAIRED_COLUMNS, [[suite, *(c.get(k) for k in PAIRED_COLUMNS[1:])]
+                                               for suite, c in comparisons])
     for result in results.values():
         for name, path in result.images.items():
             if Path(path).exists():

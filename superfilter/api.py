@@ -20,11 +20,11 @@ from superfilter.artifacts import Artifact
 from superfilter.contracts import DEFAULT_MODEL, SCORE_COLUMNS, SCORES_FILE, SUBSET_FILE, TURN_COLUMNS
 from superfilter.data import DataConfig, Example, check_encodable, iter_raw_records, parse_record
 from superfilter.errors import ConfigError, DataError
-from superfilter.models import ModelConfig, cache_dir, model_from_name
+from superfilter.models import ModelConfig, cache_dir, load_tokenizer, model_from_name
 from superfilter.presets import filter_preset
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import ScoreConfig
-from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed, output_scores
+from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed, output_scores, token_counts
 from superfilter.selection import select as run_selector
 from superfilter.settings import FilterRunConfig, ModelsConfig, check_seed, check_types, type_problem
 from superfilter.tracking import TrackingConfig
@@ -281,13 +281,14 @@ def score(data: Any, model: str | os.PathLike | ModelConfig = DEFAULT_MODEL, *,
 
 def select(scored: Any, ratio: float = 0.1, method: str = "superfilter", *, seed: int = 42,
            fields: Mapping[str, str] | None = None, format: str = "auto", device: str = "auto",
-           **options: Any) -> Any:
+           model: str | os.PathLike | ModelConfig = DEFAULT_MODEL, **options: Any) -> Any:
     """The records `method` keeps at `ratio`, best first, as the same type as `scored` (the output of score();
     random, length and full need no scores). Exact duplicates count once. options: the selector's
-    (threshold, keep_equal, budget_of, count, base, pool_ratio, embedder, embed_model, ...), with the defaults
-    of conf/filter/<method>.yaml."""
+    (threshold, keep_equal, budget_of, count, base, budget_tokens, budget_tokens_of, pool_ratio, embedder,
+    embed_model, ...), with the defaults of conf/filter/<method>.yaml. model: whose tokenizer counts budget_tokens
+    (filter() counts with its scoring model; here only the tokenizer loads)."""
     parts = split_options("select", options, {"select": SELECT_OPTIONS},
-                          ("ratio", "method", "seed", "fields", "format", "device"))
+                          ("ratio", "method", "seed", "fields", "format", "device", "model"))
     for name, value, type_name in (("ratio", ratio, "float"), ("seed", seed, "int"), ("method", method, "str"),
                                    ("device", device, "str")):
         if (problem := type_problem(value, type_name)) is not None:
@@ -310,7 +311,9 @@ def select(scored: Any, ratio: float = 0.1, method: str = "superfilter", *, seed
     table = candidate_table(unique, table_scores)
     embed = (make_embed({ex.id: ex for ex in unique}, cfg, RuntimeConfig(device=device))
              if SELECTORS[method].needs_embeddings else None)
-    choice = run_selector(table, cfg, ratio, seed, embed)
+    tokens = (token_counts(unique, load_tokenizer(resolve_model(model)), cfg.budget_tokens_of) if cfg.budget_tokens
+              else None)
+    choice = run_selector(table, cfg, ratio, seed, embed, tokens)
     return with_columns(records, [first[i] for i in choice.ids], None, choice.ids)
 
 
@@ -319,7 +322,8 @@ def filter(data: Any, ratio: float = 0.1, method: str = "superfilter",
            fields: Mapping[str, str] | None = None, format: str = "auto",
            artifact_root: str | os.PathLike | None = None, **options: Any) -> Any:
     """select(score(data, model), ratio, method) through the pipeline's cached score and select stages: the records
-    kept, best first, with their score columns. options: those of score() and select()."""
+    kept, best first, with their score columns. options: those of score() and select() (budget_tokens counts
+    tokens of `model`'s tokenizer)."""
     parts = split_options("filter", options,
                           {"score": SCORE_OPTIONS, "runtime": RUNTIME_OPTIONS, "select": SELECT_OPTIONS},
                           ("ratio", "method", "model", "seed", *COMMON_OPTIONS))

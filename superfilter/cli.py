@@ -108,6 +108,11 @@ def build_parser() -> Parser:
                       help="superfilter (IFD < 1, highest first; default) | superfilter_d | self_ifd | perplexity | "
                            "length | random | kmeans | full")
     filt.add_argument("--count", type=count_at_least(1), help="keep exactly this many records instead of --ratio")
+    filt.add_argument("--budget-tokens", type=count_at_least(1), metavar="N",
+                      help="instead of --ratio: the records in --method's order while their tokens (of --model's "
+                           "tokenizer) total at most N")
+    filt.add_argument("--budget-tokens-of", choices=("response", "example"),
+                      help="what --budget-tokens counts: response (default) | example (prompt and response)")
     filt.add_argument("--seed", type=int, default=42)
     filt.add_argument("--allow-empty", action="store_true",
                       help="write an empty OUT (with a warning) when nothing is selected, instead of failing")
@@ -133,7 +138,8 @@ def build_parser() -> Parser:
 OWN_FLAGS = {"model": "--model", "format": "--input-format", "fields": "--fields", "artifact_root": "--artifacts",
              "prompt": "--prompt", "ifd_form": "--ifd-form", "turns": "--turns", "max_length": "--max-length",
              "batch_tokens": "--batch-tokens", "device": "--device", "ratio": "--ratio", "method": "--method",
-             "count": "--count", "seed": "--seed", "allow_empty": "--allow-empty"}
+             "count": "--count", "seed": "--seed", "allow_empty": "--allow-empty",
+             "budget_tokens": "--budget-tokens", "budget_tokens_of": "--budget-tokens-of"}
 
 
 def api_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +152,8 @@ def api_options(args: argparse.Namespace) -> dict[str, Any]:
         if key in options:
             raise UserError(f"--set {key} is given twice")
         options[key] = value
-    for name in ("prompt", "ifd_form", "turns", "max_length", "batch_tokens", "device", "count"):
+    for name in ("prompt", "ifd_form", "turns", "max_length", "batch_tokens", "device", "count", "budget_tokens",
+                 "budget_tokens_of"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     if getattr(args, "allow_empty", False):
@@ -268,8 +275,9 @@ def run_filter(args: argparse.Namespace) -> None:
     kept = api.filter(source, ratio=args.ratio, method=args.method, model=args.model, seed=args.seed,
                       **api_options(args))
     write_output(kept, args)
-    log.info("kept %d records (%s, %s) → %s", len(kept), args.method,
-             f"count={args.count}" if args.count else f"ratio={args.ratio}", args.out)
+    budget = (f"budget_tokens={args.budget_tokens}" if args.budget_tokens else
+              f"count={args.count}" if args.count else f"ratio={args.ratio}")
+    log.info("kept %d records (%s, %s) → %s", len(kept), args.method, budget, args.out)
 
 
 def run_score(args: argparse.Namespace) -> None:

@@ -51,6 +51,8 @@ def run_from_hydra(cfg: DictConfig) -> dict:
     table = Path(evaluation["path"]) / EVAL_DIR / EVAL_SUMMARY_FILE if evaluation else None
     if table is not None and table.exists():  # the run ends with its evaluation table, built or cached
         print(table.read_text(), flush=True)
+    if summary.get("verdict"):  # then its answer: every judge-free comparison with the partners
+        print("\n".join(summary["verdict"]), flush=True)
     return summary
 
 

@@ -9,14 +9,17 @@ from typing import Any
 
 from eval.registry import get as get_suite
 from eval.stage import check as check_eval
-from eval.stage import eval_stage
+from eval.stage import eval_stage, model_label
 from superfilter.artifacts import Artifact, planning
 from superfilter.config import Config
 from superfilter.contracts import SUBSET_FILE
+from superfilter.data import read_examples
+from superfilter.models import load_tokenizer
 from superfilter.planning import check as check_plan
 from superfilter.runtime import resolve_device
-from superfilter.selection import SelectConfig
+from superfilter.selection import SelectConfig, token_counts
 from superfilter.stages import key_params, model_params, prepare, run_stage, score, scores_for_selection, select
+from superfilter.stats import PAIRED, verdict_lines
 from train.config import resolve_mixed_precision
 from train.stage import check as check_train
 from train.stage import train_stage
@@ -66,6 +69,41 @@ def needs_partner(cfg: Config) -> bool:
     return False
 
 
+def partner_config(cfg: Config, budget_tokens: int = 0) -> Config:
+    """The partner's run: eval.reference as the selector with this run's budget (records, or tokens when given or
+    when this run's own budget is in tokens). Defaults for everything else, so the partner shares its key with
+    `filter=<name>` runs."""
+    tokens = budget_tokens or cfg.filter.budget_tokens
+    partner_filter = SelectConfig(name=cfg.eval.reference, scorer="none", count=0 if tokens else cfg.filter.count,
+                                  base=0 if tokens else cfg.filter.base, budget_tokens=tokens,
+                                  budget_tokens_of=cfg.filter.budget_tokens_of)
+    partner = replace(cfg, filter=partner_filter)
+    return replace(partner, ratio=1.0) if cfg.eval.reference == "full" else partner
+
+
+def judge_free(suites: list[str]) -> list[str]:
+    """The suites that compare models without generated answers or a judge (reference NLL, lm-eval)."""
+    return [name for name in suites if get_suite(name).prompts is None]
+
+
+def needs_token_partner(cfg: Config) -> bool:
+    """eval.equal_tokens: a second partner at this run's token count, unless the first one already is (a token
+    budget run) or no suite could compare with it."""
+    if not (cfg.eval.equal_tokens and needs_partner(cfg)) or cfg.filter.budget_tokens:
+        return False
+    if judge_free(cfg.eval.suites):
+        return True
+    log.info("eval.equal_tokens: no partner at equal tokens is trained, none of eval.suites %s needs no judge",
+             list(cfg.eval.suites))
+    return False
+
+
+def subset_tokens(cfg: Config, subset: Artifact) -> int:
+    """Tokens of the subset's responses (filter.budget_tokens_of) in the strong model's tokenizer."""
+    examples = read_examples(subset.path / SUBSET_FILE)
+    return sum(token_counts(examples, load_tokenizer(cfg.model.strong), cfg.filter.budget_tokens_of).values())
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
     check_plan(cfg, run)  # what cannot fit its hardware stops here, with the fix (superfilter/planning.py)
@@ -88,21 +126,46 @@ def run(cfg: Config) -> dict[str, Any]:
     if "eval" in wanted:
         reference = None
         if needs_partner(cfg):
-            # Defaults for everything but the budget, so the partner shares its key with `filter=<name>` runs.
-            partner_filter = SelectConfig(name=cfg.eval.reference, scorer="none", count=cfg.filter.count,
-                                          base=cfg.filter.base)
-            partner = replace(cfg, filter=partner_filter)
-            if cfg.eval.reference == "full":
-                partner = replace(partner, ratio=1.0)
-            done["train_reference"] = reference = trained_model(partner, examples)
+            done["train_reference"] = reference = trained_model(partner_config(cfg), examples)
         done["eval"] = evaluate(cfg, done["train"], reference)
-    return summarize(done)
+        if needs_token_partner(cfg):
+            tokens = subset_tokens(cfg, done["select"])
+            log.info("eval.equal_tokens: %s at %d %s tokens of %s", cfg.eval.reference, tokens,
+                     cfg.filter.budget_tokens_of, cfg.model.strong.name)
+            done["train_ref_tokens"] = trained_model(partner_config(cfg, tokens), examples)
+            # The model's own per-item results come from the eval caches: only the partner is scored.
+            judge_free_eval = replace(cfg.eval, suites=judge_free(cfg.eval.suites))
+            done["eval_tokens"] = evaluate(replace(cfg, eval=judge_free_eval), done["train"],
+                                           done["train_ref_tokens"])
+    return summarize(done, verdict(cfg, done))
 
 
-def summarize(done: dict[str, Artifact]) -> dict[str, Any]:
+def verdict(cfg: Config, done: dict[str, Artifact]) -> list[str]:
+    """The run's answer: every judge-free paired comparison of the evaluations, one line each, led by
+    '<model> vs <partner> (equal records | equal tokens)'."""
+    if "train" not in done:
+        return []
+    model = model_label(done["train"].path)
+    same = "equal tokens" if cfg.filter.budget_tokens else "equal records"
+    lines = []
+    for stage in ("eval", "eval_tokens"):
+        if stage not in done:
+            continue
+        budget = same if stage == "eval" else "equal tokens"
+        metrics = done[stage].metrics
+        for suite in judge_free([s for s in cfg.eval.suites if isinstance(metrics.get(s), dict)]):
+            for c in metrics[suite].get(PAIRED, []):
+                lines += verdict_lines([c], f"{model} vs {c['partner']} ({budget})")
+    if not lines:
+        return []
+    return ["## Verdict (judge-free measures; mean per-item difference, 95% bootstrap CI over items)", "", *lines]
+
+
+def summarize(done: dict[str, Artifact], verdict_block: list[str] | None = None) -> dict[str, Any]:
     return {
         "stages": {
             name: {"path": str(a.path), "key": a.key, "cache_hit": a.cached, "metrics": a.metrics}
             for name, a in done.items()
-        }
+        },
+        "verdict": verdict_block or [],
     }

@@ -115,8 +115,9 @@ def read_stage(folder: Path) -> StageFolder:
 
 
 def subset_label(train_folder: Path) -> str | None:
-    """'<filter> <ratio>%' of the subset a train stage folder was trained on; None when the folder is not a stage
-    folder (no config.json) or its select stage is not recorded or no longer exists."""
+    """'<filter> <ratio>%' (or '<filter> <N> tokens' for a token budget) of the subset a train stage folder was
+    trained on; None when the folder is not a stage folder (no config.json) or its select stage is not recorded or no
+    longer exists."""
     if not (Path(train_folder) / STAGE_CONFIG_FILE).is_file():
         return None
     select = read_stage(train_folder).upstream.get("select")
@@ -126,6 +127,8 @@ def subset_label(train_folder: Path) -> str | None:
     where = selected.path / STAGE_CONFIG_FILE
     selector = _field(selected.params, "filter", dict, where, "params.")
     name = _field(selector, "name", str, where, "params.filter.")
+    if selector.get("budget_tokens"):
+        return f"{name} {int(selector['budget_tokens']):,} tokens"
     ratio = _field(selected.params, "ratio", (int, float), where, "params.")
     return f"{name} {100 * float(ratio):g}%"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +19,7 @@ from superfilter.data import Example, read_examples
 from superfilter.embeddings import embed_texts, example_text
 from superfilter.errors import ConfigError, DataError
 from superfilter.facility import facility_location
-from superfilter.models import ModelConfig
+from superfilter.models import ModelConfig, load_tokenizer
 from superfilter.runtime import RuntimeConfig, resolve_device
 from superfilter.tracking import StageRun
 
@@ -29,6 +29,9 @@ SCORERS = ("weak", "strong", "none")
 BUDGET_BASES = ("pool", "survivors")
 ENDS = ("high", "low")
 EXAMPLE_COLUMNS = ("id", "instruction", "input", "output", "system")  # a subset record's own fields, history aside
+TOKEN_BUDGET_UNITS = ("response", "example")
+# What identifies a tokenizer in the select key (not the dtype or the attention kernel of the model around it).
+TOKENIZER_FIELDS = ("source", "path", "gguf_file", "revision", "trust_remote_code")
 TABLE_ROWS = 10  # top and bottom examples shown in the tracker's table
 TEXT_PREVIEW_CHARS = 300
 # A ratio × size product such as 0.29 × 100 = 28.999999999999996 must floor to 29, not 28.
@@ -47,6 +50,10 @@ class SelectConfig:
     keep_equal: bool = False  # also keep IFD == threshold (Cherry LLM keeps IFD <= 1)
     budget_of: str = "pool"  # the ratio applies to all records (pool) or to those left after the threshold
     count: int = 0  # exact budget; 0 = use the top-level ratio
+    # > 0: a budget in tokens of the strong model's tokenizer instead of records: the longest prefix of the
+    # selector's order whose tokens total at most this (the next record would exceed it); the ratio is ignored.
+    budget_tokens: int = 0
+    budget_tokens_of: str = "response"  # what it counts: response | example (system, history, prompt, response)
     base: int = 0  # budget = int(base × ratio), e.g. 52002 to reproduce the authors' Alpaca sizes
     end: str = "high"  # perplexity: keep the highest (high) or lowest (low) conditioned perplexity
     pool_ratio: float = 0.2  # superfilter_d: facility location runs on this top share of the data by IFD
@@ -61,9 +68,11 @@ class SelectConfig:
     allow_empty: bool = False  # an empty selection (budget rounds to 0, nothing qualifies) warns instead of failing
 
     def unused_fields(self) -> tuple[str, ...]:
-        """Fields this selector ignores here, left out of the select key: embed_model unless the weak model embeds."""
+        """Fields this selector ignores here, left out of the select key: embed_model unless the weak model embeds,
+        the token budget's fields unless it is set (so the keys of record-budget runs never change)."""
         embeds_with_model = self.embedder == "weak" and self.name in SELECTORS and SELECTORS[self.name].needs_embeddings
-        return () if embeds_with_model else ("embed_model",)
+        unused = () if embeds_with_model else ("embed_model",)
+        return unused if self.budget_tokens else (*unused, "budget_tokens", "budget_tokens_of")
 
     def validate(self) -> None:
         if self.name not in SELECTORS:
@@ -77,6 +86,15 @@ class SelectConfig:
             raise ConfigError(f"filter.count and filter.base must be >= 0, got {self.count}, {self.base}")
         if self.count and self.base:
             raise ConfigError("set at most one of filter.count (exact size) and filter.base (int(base × ratio))")
+        if self.budget_tokens < 0:
+            raise ConfigError(f"filter.budget_tokens must be >= 0 (0 = a budget in records), got {self.budget_tokens}")
+        if self.budget_tokens and (self.count or self.base):
+            raise ConfigError("filter.budget_tokens replaces the record budget: leave filter.count and filter.base 0")
+        if self.budget_tokens and self.name == "full":
+            raise ConfigError("filter=full takes every record: filter.budget_tokens does not apply to it")
+        if self.budget_tokens_of not in TOKEN_BUDGET_UNITS:
+            raise ConfigError(f"filter.budget_tokens_of must be one of {TOKEN_BUDGET_UNITS}, "
+                              f"got {self.budget_tokens_of!r}")
         if self.budget_of not in BUDGET_BASES:
             raise ConfigError(f"filter.budget_of must be one of {BUDGET_BASES}, got {self.budget_of!r}")
         if self.end not in ENDS:
@@ -292,26 +310,86 @@ SELECTORS: dict[str, SelectorSpec] = {
 }
 
 
-def select(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None = None) -> Choice:
-    """Run the configured selector on a candidate table; never returns more ids than asked for."""
+def select(table: pd.DataFrame, cfg: SelectConfig, ratio: float, seed: int, embed: Embed | None = None,
+           tokens: Mapping[str, int] | None = None) -> Choice:
+    """Run the configured selector on a candidate table; never returns more ids than asked for.
+
+    tokens: id → token count, needed for filter.budget_tokens (token_counts); the selector then orders every
+    candidate and the budget takes the longest prefix of that order that fits."""
     cfg.validate()
     spec = SELECTORS[cfg.name]
     if spec.needs_scores and "ifd" not in table:
         raise ConfigError(f"filter={cfg.name} needs a score table (filter.scorer=weak or strong)")
-    choice = spec.select(table, cfg, ratio, seed, embed)
+    if cfg.budget_tokens:
+        if tokens is None:
+            raise ValueError("filter.budget_tokens needs the records' token counts (token_counts)")
+        # An exact count of every record makes the selector rank all it can choose from.
+        choice = token_prefix(spec.select(table, replace(cfg, count=len(table)), ratio, seed, embed), cfg, tokens)
+    else:
+        choice = spec.select(table, cfg, ratio, seed, embed)
     if len(choice.ids) != len(set(choice.ids)):
         raise AssertionError(f"selector {cfg.name} returned duplicate ids")
     if not choice.ids:
         check_not_empty(choice, cfg, ratio, len(table))
+    elif cfg.budget_tokens and choice.details["next_tokens"] is None:
+        log.warning("filter=%s: every one of its %d ranked records fits in filter.budget_tokens=%d (%d tokens); took "
+                    "them all", cfg.name, len(choice.ids), cfg.budget_tokens, choice.details["selected_tokens"])
     elif len(choice.ids) < choice.requested:
         log.warning("filter=%s: asked for %d records but only %d qualify; took %d",
                     cfg.name, choice.requested, choice.available, len(choice.ids))
     return choice
 
 
+def token_prefix(ranked: Choice, cfg: SelectConfig, tokens: Mapping[str, int]) -> Choice:
+    """The longest prefix of the selector's order whose tokens total at most filter.budget_tokens: the total never
+    exceeds the budget, and the next record in the order (if any) would. Nothing is skipped to fill the remainder
+    with shorter records, so the subset stays what the selector ranks highest."""
+    total = 0
+    taken: list[str] = []
+    for id_ in ranked.ids:
+        if total + tokens[id_] > cfg.budget_tokens:
+            break
+        total += tokens[id_]
+        taken.append(id_)
+    details = {**ranked.details, "budget_tokens": cfg.budget_tokens, "budget_tokens_of": cfg.budget_tokens_of,
+               "selected_tokens": total, "ranked": len(ranked.ids),
+               "next_tokens": tokens[ranked.ids[len(taken)]] if len(taken) < len(ranked.ids) else None}
+    return Choice(taken, len(taken), ranked.available, details)
+
+
+def token_counts(examples: Sequence[Example], tokenizer: Any, of: str = "response") -> dict[str, int]:
+    """id → tokens of the response (of="response") or of every text of the record (of="example": system prompt,
+    earlier turns, instruction and input, response), each text tokenised alone without special tokens or template."""
+    if of not in TOKEN_BUDGET_UNITS:
+        raise ConfigError(f"filter.budget_tokens_of must be one of {TOKEN_BUDGET_UNITS}, got {of!r}")
+    texts: list[str] = []
+    owners: list[str] = []
+    for ex in examples:
+        parts = [ex.output]
+        if of == "example":
+            parts += [ex.system, *(text for turn in ex.history for text in turn), ex.prompt]
+        texts += [p for p in parts if p]
+        owners += [ex.id] * sum(1 for p in parts if p)
+    counts = dict.fromkeys((ex.id for ex in examples), 0)
+    if texts:
+        for owner, ids in zip(owners, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+            counts[owner] += len(ids)
+    return counts
+
+
+def tokenizer_params(model: ModelConfig) -> dict[str, Any]:
+    """What identifies the tokenizer that counts a token budget, for the select key."""
+    return {name: getattr(model, name) for name in TOKENIZER_FIELDS}
+
+
 def check_not_empty(choice: Choice, cfg: SelectConfig, ratio: float, n_records: int) -> None:
     """An empty selection fails (or, with allow_empty, warns) with the numbers that made it empty."""
-    if choice.requested == 0:
+    if cfg.budget_tokens and choice.details.get("next_tokens") is not None:
+        why = (f"its first record has {choice.details['next_tokens']} tokens, more than filter.budget_tokens="
+               f"{cfg.budget_tokens}")
+    elif cfg.budget_tokens:
+        why = f"none of them qualify ({choice.available} candidates)"
+    elif choice.requested == 0:
         why = f"the budget rounds down to 0 (ratio {ratio:g} of {n_records} records)"
     else:
         why = f"none of them qualify (budget {choice.requested}, {choice.available} candidates)"
@@ -319,7 +397,8 @@ def check_not_empty(choice: Choice, cfg: SelectConfig, ratio: float, n_records: 
     if cfg.allow_empty:
         log.warning("%s; writing an empty selection (allow_empty)", message)
         return
-    raise DataError(f"{message}; use a larger ratio or an exact count, or accept an empty result with allow_empty "
+    larger = "a larger filter.budget_tokens" if cfg.budget_tokens else "a larger ratio or an exact count"
+    raise DataError(f"{message}; use {larger}, or accept an empty result with allow_empty "
                     "(filter.allow_empty=true, --allow-empty)")
 
 
@@ -449,15 +528,21 @@ def make_embed(examples: dict[str, Example], cfg: SelectConfig, runtime: Runtime
 
 def select_stage(
     examples_path: Path, scores_path: Path | None, cfg: SelectConfig, ratio: float, seed: int,
-    runtime: RuntimeConfig, out_dir: Path, tracker: StageRun,
+    runtime: RuntimeConfig, out_dir: Path, tracker: StageRun, tokenizer_model: ModelConfig | None = None,
 ) -> dict[str, Any]:
-    """Write out_dir/subset.jsonl (records with their score columns, flat); return metrics."""
+    """Write out_dir/subset.jsonl (records with their score columns, flat); return metrics. tokenizer_model: the model
+    whose tokenizer counts filter.budget_tokens (the strong model; unused without a token budget)."""
     examples = read_examples(examples_path)
     by_id = {ex.id: ex for ex in examples}
     scores = read_scores(scores_path) if scores_path is not None else None
     table = candidate_table(examples, scores)
     embed = make_embed(by_id, cfg, runtime) if SELECTORS[cfg.name].needs_embeddings else None
-    choice = select(table, cfg, ratio, seed, embed)
+    tokens = None
+    if cfg.budget_tokens:
+        if tokenizer_model is None:
+            raise ConfigError("filter.budget_tokens needs the model whose tokenizer counts it (the strong model)")
+        tokens = token_counts(examples, load_tokenizer(tokenizer_model), cfg.budget_tokens_of)
+    choice = select(table, cfg, ratio, seed, embed, tokens)
     records = subset_records(by_id, table, choice.ids)
     write_jsonl(out_dir / SUBSET_FILE, records, allow_nan=False)
     columns = list(records[0]) if records else [*EXAMPLE_COLUMNS, "rank", *SCORE_COLUMNS[1:]]

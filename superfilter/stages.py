@@ -33,7 +33,7 @@ from superfilter.runtime import (
     resolve_device,
 )
 from superfilter.scoring import score_stage
-from superfilter.selection import select_stage
+from superfilter.selection import select_stage, tokenizer_params
 from superfilter.settings import FilterRunConfig, as_dict
 from superfilter.tracking import NAME_SEPARATOR, Reference, RunSpec, StageRun, stage_run, tag
 
@@ -77,6 +77,8 @@ def select_params(cfg: FilterRunConfig) -> dict[str, Any]:
     params = {"filter": key_params(cfg.filter), "ratio": ratio, "seed": cfg.seed}
     if cfg.filter.allow_empty:  # its own folder: a run that does not allow an empty subset never reuses one
         params["allow_empty"] = True
+    if cfg.filter.budget_tokens:  # the strong model's tokenizer counts the budget
+        params["tokenizer"] = tokenizer_params(cfg.model.strong)
     return params
 
 
@@ -198,7 +200,7 @@ def select(cfg: FilterRunConfig, examples: Artifact, scores: Artifact | None) ->
     def build(out_dir: Path, run) -> dict[str, Any]:
         scores_path = scores.path / SCORES_FILE if scores is not None else None
         return select_stage(examples.path / EXAMPLES_FILE, scores_path, cfg.filter, cfg.ratio, cfg.seed,
-                            cfg.runtime, out_dir, run)
+                            cfg.runtime, out_dir, run, tokenizer_model=cfg.model.strong)
 
     return run_stage(cfg, "select", params, upstream, build)
 

@@ -80,7 +80,7 @@ def test_presets_compose_inside_a_running_hydra_app():
 
 def test_default_is_the_embedded_cpu_run():
     cfg = make()
-    assert (cfg.data.name, cfg.model.weak.name, cfg.model.strong.name) == ("alpaca_1k", "smollm2_135m", "gemma3_270m")
+    assert (cfg.data.name, cfg.model.weak.name, cfg.model.strong.name) == ("alpaca_600", "smollm2_135m", "gemma3_270m")
     assert cfg.tracking.mode == "offline"
 
 

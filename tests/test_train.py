@@ -188,6 +188,9 @@ def test_full_finetuning_loss_falls_and_writes_the_artifact(tmp_path):
     assert rows[-1]["loss"] < 0.7 * rows[0]["loss"]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "n_examples", "examples_seen"} <= set(rows[0])
     assert rows[-1]["examples_seen"] == 48
+    # Each row says how long the run has taken and has left (from tokens): nothing left after the last step.
+    assert all(r["elapsed_s"] > 0 and r["tokens_per_s_mean"] > 0 for r in rows)
+    assert rows[-1]["remaining_s"] == 0 and rows[0]["remaining_s"] > 0
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "model") is not None

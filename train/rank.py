@@ -21,6 +21,7 @@ from accelerate.utils import set_seed
 
 from superfilter.artifacts import read_json, write_json_atomic
 from superfilter.contracts import LOSS_CURVE_FILE, TRAIN_METRICS_FILE, TRAIN_RESULT_FILE
+from superfilter.progress import Meter
 from superfilter.runtime import choose_dtype, peak_rss_mb
 from superfilter.tracking import StageRun
 from train import report
@@ -101,16 +102,20 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, world: World,
     lengths = [e.n_tokens for e in encoded]
     seen_before = list(itertools.accumulate(len(s.records) for s in steps))
     loop_started = time.perf_counter()
+    # Time left from tokens, not steps: packed steps differ in size, so a step count would mislead.
+    meter = Meter(total=sum(lengths[i] for s in steps[done:] for i in s.records))
     for step in steps[done:]:
         row, shares = train_step(trainer, step, encoded, lengths, pad_id, cfg, n_micro)
         row["examples_seen"] = seen_before[step.index - 1]
+        progress = meter.advance(row["n_tokens"])
+        row.update(progress.fields())
         report.append_metrics(samples_file, {"step": step.index, "epoch": step.epoch, "ids": shares})
         if world.is_main:
             report.append_metrics(metrics_file, row)
             if tracker is not None:
                 tracker.log(row, step=step.index)
-            log.info("train: step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s", step.index, len(steps),
-                     row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"])
+            log.info("train: step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s, %s", step.index, len(steps),
+                     row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"], progress)
         if cfg.save_steps and step.index % cfg.save_steps == 0 and step.index < len(steps):
             save_checkpoint(trainer, out_dir, step.index, cfg.keep_checkpoints)
     loop_time = time.perf_counter() - loop_started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from eval.registry import Context, Prompts, Result, Suite, Table, register
 from superfilter.artifacts import write_json_atomic
 from superfilter.data import resolve_path
 from superfilter.errors import DataError, check_limit, one_of
+from superfilter.stats import PAIRED, compare_differences
 
 ALPACA_EVAL_VERSIONS = ("v1", "v2")
 
@@ -80,6 +82,7 @@ def run(ctx: Context, cfg: AlpacaEvalConfig) -> Result:
                f"| {rate['win_rate']:.2f} | {rate['standard_error']:.2f} | {'–' if lc is None else f'{lc:.2f}'} "
                f"| {rate['n_total']} | {rate['n_draws']} | {unparseable} | {rate['avg_length']} |"]
     metrics = {k: result[k] for k in ("win_rate", "standard_error", "length_controlled_winrate", "n", "unparseable")}
+    metrics[PAIRED] = [item_preferences(records, cfg.version, info["reference"])]
     headline = {"alpaca_eval_win_rate": rate["win_rate"]}
     if lc is not None:
         headline["alpaca_eval_lc_win_rate"] = lc
@@ -95,6 +98,18 @@ def preference_verdict(preference: float | None) -> str:
     if preference is None:
         return "unreadable"
     return "model" if preference > 1.5 else "reference" if preference < 1.5 else "tie"
+
+
+def item_preferences(records: list[dict[str, Any]], version: str, reference: str) -> dict[str, Any]:
+    """The model vs the AlpacaEval reference outputs, per instruction: preference in [1, 2] (0 = a draw) → 2p − 3,
+    i.e. +1 win, 0 draw, −1 loss (v2's soft preferences in between); the mean is 2 × win rate − 1."""
+    differences = {}
+    for i, r in enumerate(records):
+        p = r["preference"]
+        if p is not None and math.isfinite(float(p)):
+            differences[str(i)] = 0.0 if p == 0 else 2.0 * float(p) - 3.0
+    return compare_differences(differences, f"AlpacaEval {version} preference, win +1 / draw 0 / loss −1",
+                               higher_is_better=True, partner=reference).to_dict()
 
 
 def report(metrics: dict[str, Any]) -> dict[str, Any]:

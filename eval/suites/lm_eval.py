@@ -8,19 +8,23 @@ import importlib.util
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval import harness
-from eval.generation import load_tokenizer, training_template
+from eval.cache import JsonlCache
+from eval.generation import load_tokenizer, load_trained, model_key, training_template
 from eval.harness import HUB_TASKS, LOCAL_TASKS, is_code_task, known_tasks
+from eval.lm_eval_items import entry_key, higher_is_better, item_scores
 from eval.open_llm_tasks import BENCHMARKS, write_local_tasks
 from eval.registry import Context, Result, Suite, register
+from superfilter.artifacts import write_jsonl
 from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
 from superfilter.data import resolve_path
 from superfilter.errors import ConfigError, DataError, check_limit, one_of
 from superfilter.models import ModelConfig, load_model
+from superfilter.stats import PAIRED, compare
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,11 @@ class LmEvalConfig:
     allow_code_execution: bool = False  # humaneval/mbpp and their plus variants run model-written code
     weights: str = "merged"  # merged (model/) | adapter (the strong model's base + the LoRA adapter in adapter/)
     share_prefix: bool = True  # multiple-choice contexts run once (identical scores, several times faster)
+    # With a partner model (eval.reference): run every entry on it too and compare per document (superfilter.stats).
+    paired: bool = False
+
+
+ITEMS_DIR = "lm_eval"  # eval/lm_eval/<entry>.jsonl: the headline metric per document, per model
 
 
 def local_tasks() -> dict[str, str]:
@@ -139,22 +148,22 @@ def preflight(cfg: LmEvalConfig, eval_cfg: Any) -> None:
                             "set eval.lm_eval.data_dir to a folder holding it")
 
 
-def load(ctx: Context, cfg: LmEvalConfig) -> tuple[Any, Any]:
-    """The evaluated model in memory: merged weights, or the base model plus the saved LoRA adapter."""
+def load(ctx: Context, cfg: LmEvalConfig, model_dir: Path) -> tuple[Any, Any]:
+    """A trained model in memory: merged weights, or the base model plus the saved LoRA adapter."""
     if cfg.weights == "merged":
-        return ctx.load_model()
+        return load_trained(model_dir, ctx.device)
 
     # deferred: torch/transformers take seconds to import; loaded only when a model is
     from peft import PeftModel
 
 
-    adapter = ctx.model_dir / ADAPTER_DIR
+    adapter = model_dir / ADAPTER_DIR
     info = adapter / MODEL_INFO_FILE
     if not info.is_file():
-        raise DataError(f"{ctx.model_dir}: eval.lm_eval.weights=adapter needs a LoRA train stage folder "
+        raise DataError(f"{model_dir}: eval.lm_eval.weights=adapter needs a LoRA train stage folder "
                         f"({ADAPTER_DIR}/{MODEL_INFO_FILE}); use weights=merged")
     base, _ = load_model(ModelConfig(**json.loads(info.read_text())["base_model_spec"]), ctx.device)
-    return PeftModel.from_pretrained(base, str(adapter)), load_tokenizer(ctx.model_dir)
+    return PeftModel.from_pretrained(base, str(adapter)), load_tokenizer(model_dir)
 
 
 def render(planned: list[tuple[LmEvalTask, str, str]], cfg: LmEvalConfig, folder: Path) -> None:
@@ -201,13 +210,14 @@ def _n(ran: str, result: dict[str, Any]) -> int:
     return sum(int(s["effective"]) for s in samples.values())
 
 
-def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> list[dict[str, Any]]:
-    """Every entry through lm-eval's `simple_evaluate` on the in-memory model; the local tasks land in the artifact."""
+def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any,
+                planned: list[tuple[LmEvalTask, str, str]]) -> list[dict[str, Any]]:
+    """The planned entries through lm-eval's `simple_evaluate` on the in-memory model, each with its headline
+    metric per document under "items"; the tasks (rendered by run) are read from the artifact."""
     # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval.tasks import TaskManager
 
 
-    planned = plan(cfg)
     folder = ctx.eval_dir / harness.TASKS_FOLDER
     render(planned, cfg, folder)
     chat = any(e.apply_chat_template for e in cfg.tasks)
@@ -227,29 +237,74 @@ def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any) -> 
         log.info("lm-eval %s (%s%s)", ran, source, f", limit {limit}" if limit else "")
         result = harness.evaluate(lms[batch_size], [ran], managers[source], entry.num_fewshot, limit,
                                   entry.apply_chat_template, entry.fewshot_as_multiturn, entry.gen_kwargs,
-                                  cfg.allow_code_execution)
+                                  cfg.allow_code_execution, log_samples=True)
         # The settings this run used, written into the rendered YAML: the lm_eval CLI reruns it as it ran here.
         rerun = harness.pin_task(folder, ran, dict(entry.gen_kwargs), lms[batch_size].max_gen_toks, entry.num_fewshot)
+        top = headline(ran, entry, result)
         entries.append({
             "task": entry.task, "ran": ran, "rerun_task": rerun, "source": source, "limit": limit or None,
             "batch_size": batch_size,
             "num_fewshot": entry.num_fewshot, "n_shot": result.get("n-shot"),
             "apply_chat_template": entry.apply_chat_template, "fewshot_as_multiturn": entry.fewshot_as_multiturn,
             "prompt_format": template if entry.apply_chat_template else "plain",
-            "gen_kwargs": dict(entry.gen_kwargs), "headline": headline(ran, entry, result),
+            "gen_kwargs": dict(entry.gen_kwargs), "headline": top,
             **{k.replace("-", "_"): result.get(k) for k in ("results", "groups", "n-samples", "versions",
                                                             "higher_is_better")},
+            "items": item_scores(result, top["metric"] or ""),
         })
     return entries
 
 
+def evaluated(ctx: Context, cfg: LmEvalConfig, model_dir: Path, planned: list[tuple[LmEvalTask, str, str]]
+              ) -> list[dict[str, Any]]:
+    """Every planned entry's result on one trained model. Results are cached per model
+    (<cache>/lm_eval/<model key>.jsonl), so a model compared with two partners runs each entry once, and the model
+    loads only when an entry is missing."""
+    model_id = model_key(model_dir)
+    cache = JsonlCache(ctx.cache_root / ITEMS_DIR / f"{model_id.replace(':', '-')[:40]}.jsonl")
+    keys = [entry_key(model_id, {"entry": asdict(entry), "ran": ran, "source": source,
+                                 "limit": entry.limit or ctx.limit(cfg.limit), "weights": cfg.weights,
+                                 "share_prefix": cfg.share_prefix, "allow_code_execution": cfg.allow_code_execution,
+                                 "batch_size": entry.batch_size or ctx.cfg.lm_eval_batch_size,
+                                 "lm_eval": harness.version()})
+            for entry, ran, source in planned]
+    todo = [i for i, key in enumerate(keys) if key not in cache]
+    if todo:
+        model, tokenizer = load(ctx, cfg, model_dir)
+        try:
+            entries = run_entries(ctx, cfg, model, tokenizer, [planned[i] for i in todo])
+        finally:
+            del model
+            gc.collect()
+        cache.put_many([{**e, "key": keys[i]} for i, e in zip(todo, entries, strict=True)])
+    return [{k: v for k, v in cache.get(key).items() if k != "key"} for key in keys]
+
+
+def paired_entries(ctx: Context, labels: list[str], ours: list[dict[str, Any]], theirs: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """Per entry with per-document scores: ours vs the partner's on the documents both have."""
+    comparisons = []
+    for label, mine, other in zip(labels, ours, theirs, strict=True):
+        metric = mine["headline"]["metric"]
+        if mine["items"] and other["items"]:
+            comparisons.append(compare(mine["items"], other["items"], f"{label} {metric}",
+                                       higher_is_better(mine, metric), partner=ctx.reference_name).to_dict())
+    return comparisons
+
+
 def run(ctx: Context, cfg: LmEvalConfig) -> Result:
-    model, tokenizer = load(ctx, cfg)
-    try:
-        entries = run_entries(ctx, cfg, model, tokenizer)
-    finally:
-        del model
-        gc.collect()
+    planned = plan(cfg)
+    render(planned, cfg, ctx.eval_dir / harness.TASKS_FOLDER)  # kept with the results, cached or not
+    entries = evaluated(ctx, cfg, ctx.model_dir, planned)
+    labels = entry_labels([e["task"] for e in entries])
+    partner = (evaluated(ctx, cfg, ctx.reference_dir, planned) if cfg.paired and ctx.reference_dir is not None
+               else [])
+    for suffix, results in (("", entries), (".reference", partner)):
+        for label, e in zip(labels, results, strict=False):  # the partner's list is empty when unpaired
+            write_jsonl(ctx.eval_dir / ITEMS_DIR / f"{label}{suffix}.jsonl",
+                        [{"id": i, "value": v} for i, v in e["items"].items()])
+    comparisons = paired_entries(ctx, labels, entries, partner) if partner else []
+    entries = [{k: v for k, v in e.items() if k != "items"} for e in entries]
     local = (ctx.eval_dir / harness.TASKS_FOLDER).is_dir()
     result = {
         "lm_eval_version": harness.version(), "device": ctx.device, "weights": cfg.weights,
@@ -267,8 +322,10 @@ def run(ctx: Context, cfg: LmEvalConfig) -> Result:
         if limited else []
     summary = [f"### lm-eval tasks (lm-eval {result['lm_eval_version']}, {ctx.device}, {cfg.weights} weights)", "",
                *rows]
-    labels = entry_labels([e["task"] for e in entries])
-    return Result(result=result, metrics={label: e["headline"] for label, e in zip(labels, entries, strict=True)},
+    metrics: dict[str, Any] = {label: e["headline"] for label, e in zip(labels, entries, strict=True)}
+    if comparisons:
+        metrics[PAIRED] = comparisons
+    return Result(result=result, metrics=metrics,
                   headline={f"lm_eval/{label}/{e['headline']['metric']}": e["headline"]["value"]
                             for label, e in zip(labels, entries, strict=True) if e["headline"]["value"] is not None},
                   summary=summary, notes=notes)

@@ -14,6 +14,7 @@ from superfilter.artifacts import write_json_atomic
 from superfilter.contracts import JUDGE_DIR, PAIRWISE_SETS
 from superfilter.data import resolve_path
 from superfilter.errors import check_limit, one_of
+from superfilter.stats import OUTCOMES, PAIRED, compare_differences
 
 
 @dataclass
@@ -41,6 +42,7 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         return Result(result=skipped, metrics=skipped, notes=["pairwise skipped: no reference model"])
     margin = ctx.cfg.judge.tie_margin
     tallies, samples = [], []
+    outcomes: dict[str, float] = {}
     for name, prompts_ in prompts(ctx, cfg).model.items():
         tests = [TestPrompt(p.id, p.instruction, p.input) for p in prompts_]
         ours, theirs = ctx.outputs["pairwise"][name], ctx.reference_outputs["pairwise"][name]
@@ -55,6 +57,7 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         tallies.append(pairwise.tally_reviews(name, reviews, margin))
         samples += [[name, p.question, a, b, verdict(f, r, margin)]
                     for (p, a, b), (_, f, r) in zip(triples, reviews, strict=True)]
+        outcomes.update(item_outcomes(name, reviews, margin))
         _write_review_log(ctx, name, tests, ours, theirs, forward, reverse)
     total = pairwise.pooled(tallies)
     chart = pairwise.plot_wtl(tallies, ctx.eval_dir / "pairwise_wtl.png", ctx.model_name, ctx.reference_name)
@@ -68,10 +71,14 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
     rows = [[t.name, t.win, t.tie, t.lose, t.unparseable, t.winning_score] for t in [*tallies, total]]
     notes = ([f"pairwise: {total.unparseable} prompt(s) with an unparseable review, not counted"]
              if total.unparseable else [])
+    comparison = compare_differences(outcomes, "pairwise judge, win +1 / tie 0 / lose −1 per prompt",
+                                     higher_is_better=True, partner=ctx.reference_name).to_dict()
+    result["paired"] = comparison
     return Result(
         result=result,
         metrics={"winning_score": total.winning_score, "win": total.win, "tie": total.tie, "lose": total.lose,
-                 "n": total.n, "unparseable": total.unparseable, "sets": {t.name: t.winning_score for t in tallies}},
+                 "n": total.n, "unparseable": total.unparseable, "sets": {t.name: t.winning_score for t in tallies},
+                 PAIRED: [comparison]},
         headline={"pairwise_winning_score": total.winning_score},
         summary=[f"### Pairwise vs {ctx.reference_name} (both orders; winning score = (W - L) / N + 1)",
                  f"judge: {ctx.judge_note()}", "", pairwise.format_table([*tallies, total])],
@@ -86,6 +93,18 @@ def verdict(review: str | None, review_reverse: str | None, margin: float) -> st
     forward = pairwise.parse_scores(review) if review is not None else None
     reverse = pairwise.parse_scores(review_reverse) if review_reverse is not None else None
     return pairwise.outcome(forward, reverse, margin) if forward and reverse else "unparseable"
+
+
+def item_outcomes(name: str, reviews: list[tuple[str, str | None, str | None]], margin: float) -> dict[str, float]:
+    """'<set>/<id>' → +1 win, 0 tie, −1 lose, counted as pairwise.tally_reviews counts (unparseable left out), so
+    their mean is the winning score − 1."""
+    out = {}
+    for item_id, review, review_reverse in reviews:
+        forward = pairwise.parse_scores(review) if review is not None else None
+        reverse = pairwise.parse_scores(review_reverse) if review_reverse is not None else None
+        if forward and reverse:
+            out[f"{name}/{item_id}"] = OUTCOMES[pairwise.outcome(forward, reverse, margin)]
+    return out
 
 
 def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:

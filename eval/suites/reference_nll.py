@@ -1,8 +1,10 @@
 """Suite `reference_nll`: mean per-token NLL of reference answers under the model, in its training template.
 
 No generation and no judge: each reference answer is scored with the same tokenisation and labels as training
-(superfilter.tokenized.encode), per item, so two models are compared by paired differences with a standard error.
-It measures how likely the model finds a fixed answer, not how good its own answers are.
+(superfilter.tokenized.encode), per item, so two models are compared by paired differences with a bootstrap interval
+(superfilter.stats). It measures how likely the model finds a fixed answer, not how good its own answers are.
+Per-item values are cached per model (<cache>/reference_nll/<model key>.jsonl), so a model compared with two
+partners is scored once.
 
     python -m eval.commands.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
 prints the paired comparison of two evaluations' per-item files.
@@ -11,22 +13,27 @@ prints the paired comparison of two evaluations' per-item files.
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.generation import load_trained, training_template
+from eval.cache import JsonlCache
+from eval.generation import load_trained, model_key, training_template
 from eval.registry import Context, Result, Suite, register
-from superfilter.artifacts import write_json_atomic, write_jsonl
+from superfilter.artifacts import canonical_json, write_json_atomic, write_jsonl
 from superfilter.data import Example, iter_raw_records, resolve_path
 from superfilter.errors import ConfigError, DataError, check_limit
 from superfilter.scoring.engine import batch_nll, make_engine
 from superfilter.scoring.plans import Pass
+from superfilter.stats import PAIRED, compare
 from superfilter.tokenized import IGNORE, encode
 
 ITEMS_DIR = "reference_nll"  # eval/reference_nll/<set>.jsonl: one line per item, per model
+CACHE_VERSION = 1  # bump when item_nll changes what it computes: cached values then stop matching
+UNIT = "nats/token"
 
 
 @dataclass
@@ -35,6 +42,9 @@ class ReferenceNllConfig:
     # model_outputs.json, Alpaca), or Arena-Hard answer lines ({messages: [user, assistant]}).
     paths: list[str] = field(default_factory=lambda: ["data/alpaca_eval/text_davinci_003_model_outputs.json"])
     limit: int = 0  # first N items per file; 0 = eval.limit
+    # Records skipped at the start of a file, by set name (the file name up to its first dot): e.g.
+    # {alpaca_5000: 1000} scores Alpaca answers after the 1,000 records data=alpaca_1k trains on.
+    offsets: dict[str, int] = field(default_factory=dict)
     max_tokens: int = 1024  # prompt + answer; longer items keep their first max_tokens tokens (counted)
     batch_size: int = 1  # items per forward pass
 
@@ -48,25 +58,36 @@ def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
     names = [set_name(path) for path in cfg.paths]
     if len(set(names)) < len(names):  # per-item files and result rows are keyed by that name
         raise ConfigError(f"eval.reference_nll.paths: two files share a set name ({names}); rename one")
+    if PAIRED in names:  # the metrics' key for the paired comparisons
+        raise ConfigError(f"eval.reference_nll.paths: a file may not be named {PAIRED}.*; rename it")
+    for name, offset in cfg.offsets.items():
+        if name not in names:
+            raise ConfigError(f"eval.reference_nll.offsets.{name}: no file in eval.reference_nll.paths has that set "
+                              f"name (set names: {names})")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ConfigError(f"eval.reference_nll.offsets.{name} must be an integer >= 0, got {offset!r}")
 
 
 def preflight(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
     for path in cfg.paths:
-        load_items(path, 1)
+        offset = cfg.offsets.get(set_name(path), 0)
+        if not load_items(path, 1, offset):
+            raise DataError(f"eval.reference_nll.offsets.{set_name(path)}={offset}: {path} has no record after it")
 
 
 def set_name(path: str) -> str:
     return Path(path).name.split(".")[0]
 
 
-def load_items(path: str, limit: int = 0) -> list[dict[str, str]]:
-    """[{id, instruction, input, output}] of the first `limit` records; fails naming the file and record."""
+def load_items(path: str, limit: int = 0, offset: int = 0) -> list[dict[str, str]]:
+    """[{id, instruction, input, output}] of `limit` records from record `offset` on (0 = to the end); fails naming
+    the file and record. An id is the record's own, else its position in the file."""
     file = resolve_path(path)
     if not file.is_file():
         raise DataError(f"eval.reference_nll.paths: {file} does not exist")
     records = [r for _, r in iter_raw_records(file)]
     items = []
-    for i, r in enumerate(records[: limit or None]):
+    for i, r in enumerate(records[offset : offset + limit if limit else None], start=offset):
         if isinstance(r, dict) and isinstance(r.get("messages"), list) and len(r["messages"]) >= 2:
             user, answer = r["messages"][-2].get("content"), r["messages"][-1].get("content")
             answer = answer.get("answer") if isinstance(answer, dict) else answer
@@ -118,14 +139,13 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, se
 
 
-def paired(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of per-item (ours − theirs) mean NLL, its standard error, and how often ours is lower."""
-    theirs_by_id = {r["id"]: r["nll_mean"] for r in theirs}
-    diffs = [r["nll_mean"] - theirs_by_id[r["id"]] for r in ours
-             if r["id"] in theirs_by_id and math.isfinite(r["nll_mean"]) and math.isfinite(theirs_by_id[r["id"]])]
-    mean, se = mean_and_se(diffs)
-    return {"n": len(diffs), "mean_difference": mean, "standard_error": se,
-            "share_lower": sum(d < 0 for d in diffs) / len(diffs) if diffs else math.nan}
+def paired(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], name: str = "",
+           partner: str = "") -> dict[str, Any]:
+    """Per-item (ours − theirs) mean NLL on the items both have: Δ, its bootstrap interval, the verdict (lower is
+    better) and the share of items where ours is lower (superfilter.stats.Comparison, as a dict)."""
+    measure = f"reference NLL {name} ({UNIT})" if name else f"reference NLL ({UNIT})"
+    return compare({r["id"]: r["nll_mean"] for r in ours}, {r["id"]: r["nll_mean"] for r in theirs}, measure,
+                   higher_is_better=False, partner=partner).to_dict()
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,59 +158,87 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "n_truncated": sum(r["truncated"] for r in rows), "n_tokens": tokens}
 
 
+def item_key(model: str, template: str, max_tokens: int, item: dict[str, str]) -> str:
+    payload = {"version": CACHE_VERSION, "model": model, "template": template, "max_tokens": max_tokens,
+               "instruction": item["instruction"], "input": item["input"], "output": item["output"]}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
 def _score(ctx: Context, model_dir: Path, sets: dict[str, list[dict[str, str]]], cfg: ReferenceNllConfig
            ) -> dict[str, list[dict[str, Any]]]:
-
+    """Per-item rows of every set; items already in the model's cache are not scored again (nor the model loaded)."""
     template = training_template(model_dir, ctx.cfg.template)
-    model, tokenizer = load_trained(model_dir, ctx.device)
-    try:
-        return {name: item_nll(model, tokenizer, items, template, cfg.max_tokens, cfg.batch_size)
-                for name, items in sets.items()}
-    finally:
-        del model
-        gc.collect()
+    model_id = model_key(model_dir)
+    cache = JsonlCache(ctx.cache_root / ITEMS_DIR / f"{model_id.replace(':', '-')[:40]}.jsonl")
+    keys = {name: [item_key(model_id, template, cfg.max_tokens, item) for item in items]
+            for name, items in sets.items()}
+    todo = [(name, i) for name, ks in keys.items() for i, k in enumerate(ks) if k not in cache]
+    if todo:
+        model, tokenizer = load_trained(model_dir, ctx.device)
+        try:
+            rows = item_nll(model, tokenizer, [sets[name][i] for name, i in todo], template, cfg.max_tokens,
+                            cfg.batch_size)
+        finally:
+            del model
+            gc.collect()
+        cache.put_many([{**{k: v for k, v in row.items() if k != "id"}, "key": keys[name][i]}
+                        for (name, i), row in zip(todo, rows, strict=True)])
+    return {name: [{"id": item["id"], **_cached(cache, key)} for item, key in zip(items, keys[name], strict=True)]
+            for name, items in sets.items()}
+
+
+def _cached(cache: JsonlCache, key: str) -> dict[str, Any]:
+    return {k: v for k, v in cache.get(key).items() if k != "key"}
 
 
 def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
-    sets = {set_name(p): load_items(p, ctx.limit(cfg.limit)) for p in cfg.paths}
+    limit = ctx.limit(cfg.limit)
+    sets = {set_name(p): load_items(p, limit, cfg.offsets.get(set_name(p), 0)) for p in cfg.paths}
     ours = _score(ctx, ctx.model_dir, sets, cfg)
     theirs = _score(ctx, ctx.reference_dir, sets, cfg) if ctx.reference_dir is not None else {}
     folder = ctx.eval_dir / ITEMS_DIR
     result: dict[str, Any] = {"model": ctx.model_name, "reference": ctx.reference_name, "max_tokens": cfg.max_tokens,
                               "unit": "nats per answer token", "sets": {}}
-    lines = ["| set | N | mean NLL | ± SE | token-weighted | truncated | vs partner (Δ ± SE) | lower than partner |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | N | mean NLL | ± SE | token-weighted | truncated | vs partner: Δ [95% CI] | lower on | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    comparisons = []
     for name in sets:
         write_jsonl(folder / f"{name}.jsonl", ours[name])
-        entry = {"path": cfg.paths[list(sets).index(name)], "model": _summarise(ours[name]),
-                 "items": f"eval/{ITEMS_DIR}/{name}.jsonl"}
+        entry = {"path": cfg.paths[list(sets).index(name)], "offset": cfg.offsets.get(name, 0),
+                 "model": _summarise(ours[name]), "items": f"eval/{ITEMS_DIR}/{name}.jsonl"}
         if name in theirs:
             write_jsonl(folder / f"{name}.reference.jsonl", theirs[name])
             entry["partner"] = _summarise(theirs[name])
-            entry["paired"] = paired(ours[name], theirs[name])
+            entry["paired"] = paired(ours[name], theirs[name], name, ctx.reference_name)
+            comparisons.append(entry["paired"])
         result["sets"][name] = entry
         m, p = entry["model"], entry.get("paired")
-        versus = f"{p['mean_difference']:+.4f} ± {p['standard_error']:.4f}" if p else "–"
-        lower = f"{100 * p['share_lower']:.0f}%" if p else "–"
+        versus = f"{_cell(p['delta'])} [{_cell(p['lo'])}, {_cell(p['hi'])}]" if p else "–"
+        lower = f"{100 * p['share_better']:.0f}%" if p and p["n"] else "–"
         lines.append(f"| {name} | {m['n']} | {m['nll_mean']:.4f} | {m['standard_error']:.4f} "
-                     f"| {m['token_weighted_nll']:.4f} | {m['n_truncated']} | {versus} | {lower} |")
+                     f"| {m['token_weighted_nll']:.4f} | {m['n_truncated']} | {versus} | {lower} "
+                     f"| {p['verdict'] if p else '–'} |")
     write_json_atomic(folder / "summary.json", result)
-    metrics = {name: {"nll_mean": e["model"]["nll_mean"], "standard_error": e["model"]["standard_error"],
-                      "n": e["model"]["n"], **({"vs_partner": e["paired"]["mean_difference"],
-                                                "vs_partner_se": e["paired"]["standard_error"]}
-                                               if "paired" in e else {})}
-               for name, e in result["sets"].items()}
+    metrics: dict[str, Any] = {name: {k: e["model"][k] for k in ("nll_mean", "standard_error", "n")}
+                               for name, e in result["sets"].items()}
+    if comparisons:
+        metrics[PAIRED] = comparisons
     summary = [f"### Reference-answer NLL (nats per answer token, lower = the model finds the answers likelier; "
                f"partner {ctx.reference_name})", "", *lines]
     notes = ["reference_nll measures how likely the model finds fixed reference answers, not the quality of its "
              "own answers; it favours models trained on answers like the references (long, GPT-4 style)"]
     return Result(result=result, metrics=metrics,
-                  headline={f"reference_nll/{n}": m["nll_mean"] for n, m in metrics.items()},
+                  headline={f"reference_nll/{n}": m["nll_mean"] for n, m in metrics.items() if n != PAIRED},
                   summary=summary, notes=notes)
 
 
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
 def report(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {f"ref NLL {name}": m.get("nll_mean") for name, m in metrics.items() if isinstance(m, dict)}
+    return {f"ref NLL {name}": m.get("nll_mean") for name, m in metrics.items()
+            if isinstance(m, dict) and name != PAIRED}
 
 
 register(Suite("reference_nll", ReferenceNllConfig, run, validate=validate, preflight=preflight, report=report,
