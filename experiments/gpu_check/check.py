@@ -414,6 +414,7 @@ def check_multi_scoring(name: str, shape: Shape, tokenizer, device, processes: i
     import numpy as np
     import pandas as pd
 
+    from superfilter.contracts import EXAMPLES_FILE, SCORES_FILE
     from superfilter.data import write_examples
     from superfilter.models import ModelConfig
     from superfilter.runtime import RuntimeConfig
@@ -423,14 +424,14 @@ def check_multi_scoring(name: str, shape: Shape, tokenizer, device, processes: i
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         spec = ModelConfig(name=name, source="local", path=str(save_model(shape, tokenizer, root / "model")))
-        write_examples(load_records(records), root / "examples.jsonl")
+        write_examples(load_records(records), root / EXAMPLES_FILE)
         rates, scores = {}, {}
         for n in (1, processes):
             runtime = RuntimeConfig(device=device.type, num_processes=n)
-            metrics = score_stage(root / "examples.jsonl", spec, ScoreConfig(), runtime, root / f"p{n}",
+            metrics = score_stage(root / EXAMPLES_FILE, spec, ScoreConfig(), runtime, root / f"p{n}",
                                   StageRun(None, "score"))
             rates[n] = metrics["records_per_s"]
-            scores[n] = pd.read_parquet(root / f"p{n}" / "scores.parquet")["ifd"].to_numpy()
+            scores[n] = pd.read_parquet(root / f"p{n}" / SCORES_FILE)["ifd"].to_numpy()
     both = np.isfinite(scores[1]) & np.isfinite(scores[processes])
     rel = float(np.max(np.abs(scores[1][both] - scores[processes][both]) / np.abs(scores[1][both])))
     value = (f"{rates[processes]:,.1f} rec/s on {processes} vs {rates[1]:,.1f} on 1 "
