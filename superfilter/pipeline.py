@@ -128,7 +128,7 @@ def run(cfg: Config) -> dict[str, Any]:
         if needs_partner(cfg):
             done["train_reference"] = reference = trained_model(partner_config(cfg), examples)
         done["eval"] = evaluate(cfg, done["train"], reference)
-        if needs_token_partner(cfg):
+        if needs_token_partner(cfg) and not (planning() and not (done["select"].path / SUBSET_FILE).is_file()):
             tokens = subset_tokens(cfg, done["select"])
             log.info("eval.equal_tokens: %s at %d %s tokens of %s", cfg.eval.reference, tokens,
                      cfg.filter.budget_tokens_of, cfg.model.strong.name)
@@ -137,7 +137,9 @@ def run(cfg: Config) -> dict[str, Any]:
             judge_free_eval = replace(cfg.eval, suites=judge_free(cfg.eval.suites))
             done["eval_tokens"] = evaluate(replace(cfg, eval=judge_free_eval), done["train"],
                                            done["train_ref_tokens"])
-    return summarize(done, verdict(cfg, done))
+    # A plan builds nothing, so the equal-token partner (its budget is the subset's token count) and the verdict
+    # appear once the subset exists.
+    return summarize(done, [] if planning() else verdict(cfg, done))
 
 
 def verdict(cfg: Config, done: dict[str, Artifact]) -> list[str]:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_DONE = "_COMPLETE"
 LOOP_FILE = "loop.pt"  # scheduler and loss-scaler state (rank 0 writes, every rank reads)
+FP32_MERGE_BYTES = 2 * 2**30  # LoRA models up to this size in fp32 are merged and saved in fp32
 
 
 def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
@@ -146,19 +147,31 @@ def assembled_model(job: TrainJob, state: dict[str, torch.Tensor], dtype: torch.
     return model
 
 
+def merged_dtype(model, serving: torch.dtype) -> torch.dtype:
+    """fp32 for LoRA models small enough: model/ then equals the adapter on its base loaded in fp32 to float
+    rounding, where a merge into a half-precision base rounds every merged weight to that precision."""
+    n_bytes = sum(p.numel() for p in model.parameters()) * 4
+    return torch.float32 if n_bytes <= FP32_MERGE_BYTES else serving
+
+
 def write_outputs(model, job: TrainJob, out_dir: Path, serving: torch.dtype) -> None:
     cfg = job.train
     model_dir, adapter_dir = out_dir / MODEL_DIR, out_dir / ADAPTER_DIR
+    weights = merged_dtype(model, serving) if cfg.method == "lora" else serving
     # base_model_spec rebuilds the base anywhere: superfilter.models.load_model(ModelConfig(**base_model_spec)).
     info = {"template": cfg.template, "base_model": job.model.name, "base_model_spec": asdict(job.model),
-            "method": cfg.method, "train_preset": cfg.name, "max_length": cfg.max_length}
+            "method": cfg.method, "train_preset": cfg.name, "max_length": cfg.max_length,
+            "weights_dtype": str(weights).removeprefix("torch.")}
     if cfg.method == "lora":
         for adapter in model.peft_config.values():  # not the machine-local folder the base was loaded from
             adapter.base_model_name_or_path = job.model.path
         # LoRA never trains the embeddings; "auto" would look the base up by that name (the Hub) to check.
         model.save_pretrained(adapter_dir, save_embedding_layers=False)
         write_json_atomic(adapter_dir / MODEL_INFO_FILE, info)
+        if weights == torch.float32:  # onto the base as a user loads it in fp32, not the one trained in `serving`
+            trained = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+            model = assembled_model(job, trained, torch.float32)
         model = model.merge_and_unload() if isinstance(model, PeftModel) else model
-    model.to(serving).save_pretrained(model_dir)
+    model.to(weights).save_pretrained(model_dir)
     load_tokenizer(job.model).save_pretrained(model_dir)
     write_json_atomic(model_dir / MODEL_INFO_FILE, info)
