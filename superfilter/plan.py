@@ -200,7 +200,7 @@ class TrainSetup:
     weight_bytes: int  # 4: fp32 weights (full finetuning's master weights); 2: bf16/fp16
     act_bytes: int  # 2 under bf16/fp16 autocast, else the weights' bytes
     world: int  # processes training together
-    sharded: bool  # FSDP full shard / ZeRO-3: weights, gradients and optimizer state divided by the world
+    sharded: bool  # FSDP full shard: weights, gradients and optimizer state divided by the world
 
     @property
     def tokens(self) -> int:
