@@ -124,15 +124,18 @@ def run(cfg: Config) -> dict[str, Any]:
     if wanted & {"train", "eval"}:
         done["train"] = train(cfg, done["select"])
     if "eval" in wanted:
+        # Every model is trained before any evaluation: a train stage started after lm-eval and the judge were
+        # imported peaks that much higher (the process keeps what they leave resident).
         reference = None
         if needs_partner(cfg):
             done["train_reference"] = reference = trained_model(partner_config(cfg), examples)
-        done["eval"] = evaluate(cfg, done["train"], reference)
         if needs_token_partner(cfg) and not (planning() and not (done["select"].path / SUBSET_FILE).is_file()):
             tokens = subset_tokens(cfg, done["select"])
             log.info("eval.equal_tokens: %s at %d %s tokens of %s", cfg.eval.reference, tokens,
                      cfg.filter.budget_tokens_of, cfg.model.strong.name)
             done["train_ref_tokens"] = trained_model(partner_config(cfg, tokens), examples)
+        done["eval"] = evaluate(cfg, done["train"], reference)
+        if "train_ref_tokens" in done:
             # The model's own per-item results come from the eval caches: only the partner is scored.
             judge_free_eval = replace(cfg.eval, suites=judge_free(cfg.eval.suites))
             done["eval_tokens"] = evaluate(replace(cfg, eval=judge_free_eval), done["train"],

@@ -28,8 +28,9 @@ def test_the_default_answers_with_judge_free_measures_of_at_least_200_items():
     free = pipeline.judge_free(cfg.eval.suites)
     assert free == ["reference_nll", "lm_eval"]
     nll = cfg.eval.reference_nll
-    assert len(nll.paths) >= 2 and nll.limit >= 100 and nll.limit * len(nll.paths) >= 200
-    assert all(len(load_items(p, nll.limit, nll.offsets.get(set_name(p), 0))) == nll.limit for p in nll.paths)
+    sizes = {set_name(p): len(load_items(p, nll.limits.get(set_name(p), nll.limit), nll.offsets.get(set_name(p), 0)))
+             for p in nll.paths}
+    assert sizes == {"gpt4_1106_preview_model_outputs": 200, "alpaca_5000": 100}
     assert cfg.eval.lm_eval.paired and all(e.limit * 3 >= 200 for e in cfg.eval.lm_eval.tasks)  # 3 MMLU subjects
     # the held-out Alpaca answers start where the training pool (the file's first data.limit records) ends
     assert Path(cfg.data.path).name == "alpaca_5000.json"

@@ -105,6 +105,9 @@ def test_offsets_skip_the_first_records_of_a_set():
     assert items[0]["instruction"] == load_items(str(ALPACA_EVAL), 4)[3]["instruction"]
     with pytest.raises(ConfigError, match="offsets.other: no file"):
         suite.validate(ReferenceNllConfig(paths=[str(ALPACA_EVAL)], offsets={"other": 1}), None)
+    with pytest.raises(ConfigError, match="limits.text_davinci_003_model_outputs must be an integer >= 0"):
+        suite.validate(ReferenceNllConfig(paths=[str(ALPACA_EVAL)], limits={"text_davinci_003_model_outputs": -1}),
+                       None)
     with pytest.raises(DataError, match="no record after it"):
         suite.preflight(ReferenceNllConfig(paths=[str(ALPACA_EVAL)],
                                            offsets={"text_davinci_003_model_outputs": 805}), None)

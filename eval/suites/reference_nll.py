@@ -42,9 +42,11 @@ class ReferenceNllConfig:
     # model_outputs.json, Alpaca), or Arena-Hard answer lines ({messages: [user, assistant]}).
     paths: list[str] = field(default_factory=lambda: ["data/alpaca_eval/text_davinci_003_model_outputs.json"])
     limit: int = 0  # first N items per file; 0 = eval.limit
-    # Records skipped at the start of a file, by set name (the file name up to its first dot): e.g.
-    # {alpaca_5000: 1000} scores Alpaca answers after the 1,000 records data=alpaca_1k trains on.
+    # By set name (the file name up to its first dot): records skipped at the start of a file, e.g.
+    # {alpaca_5000: 600} scores Alpaca answers after the 600 records data=alpaca_600 trains on; and a set's own
+    # limit, in place of `limit`.
     offsets: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)
     max_tokens: int = 1024  # prompt + answer; longer items keep their first max_tokens tokens (counted)
     batch_size: int = 1  # items per forward pass
 
@@ -60,12 +62,13 @@ def validate(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
         raise ConfigError(f"eval.reference_nll.paths: two files share a set name ({names}); rename one")
     if PAIRED in names:  # the metrics' key for the paired comparisons
         raise ConfigError(f"eval.reference_nll.paths: a file may not be named {PAIRED}.*; rename it")
-    for name, offset in cfg.offsets.items():
-        if name not in names:
-            raise ConfigError(f"eval.reference_nll.offsets.{name}: no file in eval.reference_nll.paths has that set "
-                              f"name (set names: {names})")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ConfigError(f"eval.reference_nll.offsets.{name} must be an integer >= 0, got {offset!r}")
+    for key, values in (("offsets", cfg.offsets), ("limits", cfg.limits)):
+        for name, value in values.items():
+            if name not in names:
+                raise ConfigError(f"eval.reference_nll.{key}.{name}: no file in eval.reference_nll.paths has that "
+                                  f"set name (set names: {names})")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"eval.reference_nll.{key}.{name} must be an integer >= 0, got {value!r}")
 
 
 def preflight(cfg: ReferenceNllConfig, eval_cfg: Any) -> None:
@@ -192,8 +195,8 @@ def _cached(cache: JsonlCache, key: str) -> dict[str, Any]:
 
 
 def run(ctx: Context, cfg: ReferenceNllConfig) -> Result:
-    limit = ctx.limit(cfg.limit)
-    sets = {set_name(p): load_items(p, limit, cfg.offsets.get(set_name(p), 0)) for p in cfg.paths}
+    sets = {set_name(p): load_items(p, ctx.limit(cfg.limits.get(set_name(p), cfg.limit)),
+                                    cfg.offsets.get(set_name(p), 0)) for p in cfg.paths}
     ours = _score(ctx, ctx.model_dir, sets, cfg)
     theirs = _score(ctx, ctx.reference_dir, sets, cfg) if ctx.reference_dir is not None else {}
     folder = ctx.eval_dir / ITEMS_DIR
