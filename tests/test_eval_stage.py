@@ -129,13 +129,14 @@ def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     cfg.alpaca_eval.limit = 3
     tracker = Recorder()
     metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, tracker)
-    assert [c[0] for c in tracker.calls] == ["log", "table", "table", "table", "image"]
-    assert dict(c[1] for c in tracker.calls if c[0] == "table") == {  # per set and overall; a row per prompt
+    assert [c[0] for c in tracker.calls] == ["log", "table", "table", "table", "table", "image"]
+    tables = dict(c[1] for c in tracker.calls if c[0] == "table")  # name → rows
+    assert {k: v for k, v in tables.items() if k != "paired"} == {  # per set and overall; a row per prompt
         "pairwise": len(SETS) + 1, "pairwise_samples": 2 * len(SETS), "alpaca_eval_samples": 3}
+    assert tables["paired"] == 2  # the paired comparisons: pairwise and alpaca_eval
     assert metrics["pairwise"]["paired"][0]["n"] == metrics["pairwise"]["n"]
     assert metrics["alpaca_eval"]["paired"][0]["partner"] == "text_davinci_003"
     assert set(tracker.calls[0][1]) == {"pairwise_winning_score", "alpaca_eval_win_rate"}
-
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["unparseable"] == 2 * len(SETS)
     assert 0.0 <= metrics["pairwise"]["winning_score"] <= 2.0 and 0.0 <= metrics["alpaca_eval"]["win_rate"] <= 100
     for name in ("eval/pairwise.json", "eval/alpaca_eval.json", "eval/alpaca_eval/model_outputs.json",
