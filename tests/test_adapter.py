@@ -22,6 +22,8 @@ from superfilter.tracking import StageRun
 from train.config import TrainConfig
 from train.stage import train_stage
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 BOUND = 1e-5  # the max |Δlogit| docs/artifacts.md states for model/ against adapter/ on its fp32 base
 LORA = TrainConfig(method="lora", lr=1e-2, max_steps=3, batch_size=4, micro_batch_size=4, save_steps=0)
@@ -44,14 +46,6 @@ def lora_run(tmp_path: Path, model: ModelConfig) -> Path:
 def logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(IDS).logits.float()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -38,6 +38,8 @@ from train.job import JOB_FILE, TrainJob
 from train.sharding import read_strategy
 from train.stage import check, train_stage
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig()
 CPU = RuntimeConfig(device="cpu")
@@ -134,14 +136,6 @@ def process_tree(pid: int) -> list[int]:
         return [p, *(d for c in children.get(p, []) for d in tree(c))]
 
     return tree(pid)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

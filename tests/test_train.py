@@ -29,6 +29,8 @@ from train.loss import token_loss_sum
 from train.optim import lr_factor
 from train.stage import train_stage
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig()  # tiny random LLaMA whose tokenizer adds BOS, like Gemma
 CPU = RuntimeConfig(device="cpu")
@@ -60,15 +62,6 @@ def stage(tmp_path: Path, examples: list[Example], cfg: TrainConfig, name: str =
 
 def metric_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Width-64 models gain nothing from threads, and on a shared 2-core host OpenMP workers spin-wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
