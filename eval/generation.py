@@ -20,6 +20,7 @@ from superfilter.contracts import MODEL_DIR, MODEL_INFO_FILE, STAGE_CONFIG_FILE
 from superfilter.errors import ConfigError, UserError
 from superfilter.models import ModelConfig, load_model
 from superfilter.prompts import TEMPLATES, generation_prompt
+from superfilter.runs import read_stage
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,8 @@ def weights_dir(model_dir: Path) -> Path:
 
 def model_key(model_dir: Path) -> str:
     """The train artifact's key when model_dir is a stage folder, else a digest of the weight files' contents."""
-    stage_config = Path(model_dir) / STAGE_CONFIG_FILE
-    if (Path(model_dir) / MODEL_DIR).is_dir() and stage_config.is_file():
-        key = json.loads(stage_config.read_text()).get("key")
-        if key:
-            return f"train:{key}"
+    if (Path(model_dir) / MODEL_DIR).is_dir() and (Path(model_dir) / STAGE_CONFIG_FILE).is_file():
+        return f"train:{read_stage(model_dir).key}"
     h = hashlib.sha256()
     for path in sorted(p for p in weights_dir(model_dir).rglob("*") if p.is_file()):
         h.update(path.name.encode())

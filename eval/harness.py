@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
+import itertools
 import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from eval.lm import forward_tail
 from superfilter.artifacts import write_jsonl
-from superfilter.errors import DataError
+from superfilter.data import Example
+from superfilter.errors import ConfigError, DataError
+from superfilter.prompts import generation_prompt, render
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,8 @@ CONTINUATION_CHUNK = 16
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 # Tasks that execute model-written code: lm-eval runs them only with confirm_run_unsafe_code.
 CODE_TASK_PREFIXES = ("humaneval", "mbpp", "ds1000", "livecodebench", "bigcodebench")
+# HF evaluate's `code_eval` metric (lm-eval's humaneval/mbpp) executes programs only when this variable is "1".
+CODE_EVAL_GATE = "HF_ALLOW_CODE_EVAL"
 
 
 def is_code_task(name: str) -> bool:
@@ -110,6 +117,64 @@ def render_local_tasks(names: Sequence[str], data_dir: Path, out_dir: Path) -> N
         task.write(data_dir, out_dir)
 
 
+class FunctionTag(str):
+    """A `!function utils.x` value of a task YAML, kept as written when the YAML is read and written back."""
+
+
+class TaskLoader(yaml.SafeLoader):
+    pass
+
+
+class TaskDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:  # a task file spells every value out, as it was written
+        return True
+
+
+TaskLoader.add_constructor("!function", lambda loader, node: FunctionTag(loader.construct_scalar(node)))
+TaskDumper.add_representer(FunctionTag, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
+PINNED_BY = "the superfilter eval stage"
+PINNED_KEYS = ("generation_kwargs", "num_fewshot")
+
+
+def pin_task(folder: Path, task: str, gen_kwargs: dict[str, Any], max_gen_toks: int,
+             num_fewshot: int | None) -> str | None:
+    """Write the settings one run of `task` used into its rendered YAML (generation_kwargs with the entry's own and
+    the model's max_gen_toks; num_fewshot when the entry set it), so `lm_eval --include_path <folder> --tasks
+    <name>` generates the same text. The name to rerun: the task's, or `<task>_<n>` when another entry already
+    pinned the task with other settings; None when the task has no YAML in the folder (an lm-eval task) or is a
+    group run with its own shot count."""
+    path = folder / f"{task}.yaml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line + "\n" for line in itertools.takewhile(lambda x: x.startswith("#"), text.splitlines()))
+    config = yaml.load(text, Loader=TaskLoader)
+    if "group" in config:  # a group's shots live in its tasks' files: it reruns as written, or not as run
+        return task if num_fewshot is None else None
+    meta = config.get("metadata") or {}
+    pinned = meta.get("pinned_by") == PINNED_BY
+    shipped = meta["as_shipped"] if pinned else copy.deepcopy({k: config[k] for k in PINNED_KEYS if k in config})
+    settings = dict(shipped)
+    if config.get("output_type") == "generate_until":
+        settings["generation_kwargs"] = {**shipped.get("generation_kwargs", {}), **gen_kwargs}
+        settings["generation_kwargs"].setdefault("max_gen_toks", max_gen_toks)
+    if num_fewshot is not None:
+        settings["num_fewshot"] = num_fewshot
+    if pinned:
+        if all(config.get(k) == v for k, v in settings.items()):
+            return task
+        n = 1
+        while (folder / f"{task}_{n}.yaml").exists():
+            n += 1
+        task, path = f"{task}_{n}", folder / f"{task}_{n}.yaml"
+        config["task"] = task
+    config.update(settings)
+    config["metadata"] = {**meta, "pinned_by": PINNED_BY, "as_shipped": shipped}
+    path.write_text(header + yaml.dump(config, Dumper=TaskDumper, sort_keys=False, allow_unicode=True),
+                    encoding="utf-8")
+    return task
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether Hub datasets can be fetched: never when an offline flag is set, else a quick HEAD request."""
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
@@ -183,29 +248,77 @@ def prefix_sharing_lm(model: Any, tokenizer: Any, device: str, batch_size: int) 
     return PrefixSharingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
 
-def make_lm(model: Any, tokenizer: Any, device: str, batch_size: int, share_prefix: bool = True) -> Any:
+def make_lm(model: Any, tokenizer: Any, device: str, batch_size: int, share_prefix: bool = True,
+            template: str = "chat") -> Any:
+    """lm-eval's model over the in-memory model; `template` is what apply_chat_template renders prompts with: the
+    tokenizer's own chat template ("chat") or the model's training template (alpaca, vicuna_v1.1)."""
     # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval.models.huggingface import HFLM
 
     if share_prefix:
-        return prefix_sharing_lm(model, tokenizer, device, batch_size)
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = prefix_sharing_lm(model, tokenizer, device, batch_size)
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    if template != "chat":
+        # lm-eval calls these two on the instance: rendering, and the template it records in its results.
+        lm.apply_chat_template = lambda history, add_generation_prompt=True: render_chat(
+            history, add_generation_prompt, template, tokenizer)
+        lm.chat_template = lambda chat_template=False: f"superfilter training template {template}"
+    return lm
+
+
+def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool, template: str, tokenizer: Any) -> str:
+    """lm-eval's chat messages (an optional system message, alternating user/assistant turns) in a training template
+    of superfilter.prompts, exactly as training renders them; a final assistant message is continued, not closed."""
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    turns = messages[1:] if system else list(messages)
+    reply = turns.pop()["content"] if turns and turns[-1]["role"] == "assistant" else None
+    roles = [m["role"] for m in turns]
+    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) + ["user"]:
+        raise ConfigError(f"lm-eval chat messages in roles {roles} cannot be rendered in the {template} template")
+    history = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
+    user = turns[-1]["content"]
+    if reply is None or add_generation_prompt:
+        return generation_prompt(user, template, tokenizer, history=history, system=system)
+    text = "".join(s.text for s in render(Example.create(user, "", reply, history, system), template, tokenizer))
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    return text[: -len(eos)] if eos and text.endswith(eos) else text
+
+
+@contextlib.contextmanager
+def code_execution(allowed: bool) -> Iterator[None]:
+    """HF_ALLOW_CODE_EVAL=1 while lm-eval runs, when and only when execution was allowed; restored afterwards."""
+    before = os.environ.get(CODE_EVAL_GATE)
+    if allowed:
+        os.environ[CODE_EVAL_GATE] = "1"
+    else:
+        os.environ.pop(CODE_EVAL_GATE, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CODE_EVAL_GATE, None)
+        else:
+            os.environ[CODE_EVAL_GATE] = before
 
 
 def evaluate(lm: Any, tasks: list[str], manager: Any, num_fewshot: int | None = None, limit: int = 0,
              apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
              gen_kwargs: dict[str, Any] | None = None, allow_code_execution: bool = False,
              log_samples: bool = False) -> dict[str, Any]:
-    """One lm-eval `simple_evaluate` call with the project's fixed seeds; log_samples keeps result["samples"]
-    (per document: its metrics, prompts and answers)."""
+    """One lm-eval `simple_evaluate` call with the project's fixed seeds and code-execution gate; log_samples keeps
+    result["samples"] (per document: its metrics, prompts and answers)."""
     # deferred: lm-eval takes seconds to import; loaded only when a benchmark runs
     from lm_eval import simple_evaluate
 
-    return simple_evaluate(
-        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit or None, task_manager=manager,
-        log_samples=log_samples, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
-        fewshot_as_multiturn=fewshot_as_multiturn, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
-        confirm_run_unsafe_code=allow_code_execution, **SEEDS)
+    # lm-eval's humaneval/mbpp run HF evaluate's code_eval, which executes nothing unless the gate is open; the
+    # task files import it when loaded, inside this call.
+    with code_execution(allow_code_execution):
+        return simple_evaluate(
+            model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit or None, task_manager=manager,
+            log_samples=log_samples, bootstrap_iters=1000, apply_chat_template=apply_chat_template,
+            fewshot_as_multiturn=fewshot_as_multiturn, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+            confirm_run_unsafe_code=allow_code_execution, **SEEDS)
 
 
 def version(package: str = "lm_eval") -> str:

@@ -18,7 +18,7 @@ A suite is one module in `eval/suites/` (found automatically) or anywhere else t
                       summary=["### My suite", "", f"score {score:.3f}"])  # → eval/summary.md
 
     register(Suite("my_suite", MyConfig, run, prompts=prompts,
-                   report=lambda metrics: {"my score": metrics.get("score")}))   # → experiments/report.py
+                   report=lambda metrics: {"my score": metrics.get("score")}))   # → the report
 
 plus `conf/eval/my_suite.yaml` (`suites: [my_suite]`). Nothing else is edited: `eval.config.EvalConfig` gets one
 field per suite registered in this package (its schema, defaults from the dataclass), `eval.suites=[...]` is
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.generation import Prompt, load_trained
-from eval.judge import SMALL_JUDGE_NOTE, Annotation, AnnotationCache, Judge, JudgeRequest, judge_all, make_judge
+from eval.judge import Annotation, AnnotationCache, Judge, JudgeRequest, describe, judge_all, make_judge
 from eval.settings import EvalSettings
 from superfilter.contracts import EVAL_DIR, JUDGE_ANNOTATIONS_FILE, JUDGE_DIR
 from superfilter.errors import ConfigError
@@ -87,7 +87,7 @@ class Suite:
     prompts: Callable[[Context, Any], Prompts] | None = None
     validate: Callable[[Any, EvalSettings], None] | None = None
     preflight: Callable[[Any, EvalSettings], None] | None = None
-    report: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # report.py columns from the suite's metrics
+    report: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # report columns (saved in metrics.json)
     needs_reference: bool = False
     description: str = ""
 
@@ -158,8 +158,4 @@ class Context:
         return annotations
 
     def judge_note(self) -> str:
-        if self.cfg.judge.backend == "hf":
-            return f"hf judge {self.cfg.judge.model.name}: {SMALL_JUDGE_NOTE}"
-        if self.cfg.judge.backend == "openai":
-            return f"openai judge {self.cfg.judge.api_model} at {self.cfg.judge.base_url}"
-        return f"{self.cfg.judge.backend} judge"
+        return describe(self.cfg.judge)

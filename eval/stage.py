@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -11,8 +10,9 @@ from typing import Any
 from eval.config import EvalConfig
 from eval.generation import generate
 from eval.registry import Context, Prompts, Result, get, section
-from superfilter.artifacts import write_json_atomic
-from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, STAGE_CONFIG_FILE
+from superfilter.artifacts import write_json_atomic, write_text_atomic
+from superfilter.contracts import EVAL_SUMMARY_FILE, JUDGE_DIR, JUDGE_SUMMARY_FILE, REPORT_COLUMNS
+from superfilter.runs import subset_label
 from superfilter.runtime import RuntimeConfig, release_memory, resolve_device
 from superfilter.stats import PAIRED, verdict_lines
 from superfilter.tracking import StageRun
@@ -59,11 +59,12 @@ def eval_stage(
     if ctx.judge_summaries:
         write_json_atomic(out_dir / JUDGE_DIR / JUDGE_SUMMARY_FILE, ctx.judge_summaries)
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
+    metrics[REPORT_COLUMNS] = report_columns(results)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["seconds_by_phase"] = timings
     write_json_atomic(ctx.eval_dir / "generation.json", ctx.generation_stats)
     table = summary_markdown(ctx, results, metrics["seconds"])
-    (ctx.eval_dir / EVAL_SUMMARY_FILE).write_text(table)
+    write_text_atomic(ctx.eval_dir / EVAL_SUMMARY_FILE, table)
     log.info("evaluation summary:\n%s", table)
     mirror(tracker, results)
     return metrics
@@ -72,15 +73,18 @@ def eval_stage(
 def model_label(model_dir: Path) -> str:
     """'<filter> <ratio>%' (or '<filter> <N> tokens' for a token budget) from the train stage's upstream select
     stage; the folder name when that is unknown."""
-    try:
-        train_config = json.loads((model_dir / STAGE_CONFIG_FILE).read_text())
-        select_dir = Path(train_config["upstream"]["select"]["path"])
-        params = json.loads((select_dir / STAGE_CONFIG_FILE).read_text())["params"]
-        if params["filter"].get("budget_tokens"):
-            return f"{params['filter']['name']} {int(params['filter']['budget_tokens']):,} tokens"
-        return f"{params['filter']['name']} {100 * float(params['ratio']):g}%"
-    except (OSError, KeyError, TypeError, ValueError):
-        return model_dir.name
+    return subset_label(model_dir) or Path(model_dir).name
+
+
+def report_columns(results: dict[str, Result]) -> dict[str, list[list[Any]]]:
+    """Each suite's report columns (Suite.report) as ordered [column, value] pairs: metrics.json is written with
+    sorted keys, and the report reads these instead of importing the suites. Skipped suites have none."""
+    columns = {}
+    for name, result in results.items():
+        report = get(name).report
+        if report is not None and "skipped" not in result.metrics:
+            columns[name] = [[column, value] for column, value in report(result.metrics).items()]
+    return columns
 
 
 def generate_all(ctx: Context) -> None:

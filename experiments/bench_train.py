@@ -36,10 +36,18 @@ from superfilter.data import DataConfig, Example, load_examples, write_examples 
 from superfilter.models import ModelConfig, load_model, model_from_name  # noqa: E402
 from superfilter.runtime import RuntimeConfig  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
-from train import report, sft  # noqa: E402
+from train import report  # noqa: E402
+from train.batches import accumulation_steps, plan  # noqa: E402
 from train.collate import encode_all  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.schedule import accumulation_steps, plan  # noqa: E402
+from train.job import read_subset  # noqa: E402
+from train.lora import make_trainable  # noqa: E402
+from train.optim import make_optimizer, make_scheduler  # noqa: E402
+from train.precision import make_precision  # noqa: E402
+from train.sharding import Strategy  # noqa: E402
+from train.stage import train_stage  # noqa: E402
+from train.step import Trainer, train_step  # noqa: E402
+from train.world import World  # noqa: E402
 
 MODES = {"padding": False, "packing": True}
 
@@ -51,7 +59,7 @@ def preset(name: str) -> TrainConfig:
 def bench_subset(path: str, fraction: float, seed: int) -> list[Example]:
     """The given subset.jsonl, else a seeded random `fraction` of the bundled alpaca_5k."""
     if path:
-        return sft.read_subset(Path(path))
+        return read_subset(Path(path))
     examples, _ = load_examples(DataConfig(name="alpaca_5k", path="data/alpaca_5000.json", format="alpaca"))
     return random.Random(seed).sample(examples, round(fraction * len(examples)))
 
@@ -60,22 +68,21 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
     """Tokens/s of the stage's own train_step, padded and packed runs alternating on the same records."""
     device = torch.device("cpu")
     n_micro = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, 1)
-    sft.reset_accelerate()
-    accelerator = sft.make_accelerator(device, cfg, n_micro)
     model, tokenizer = load_model(model_from_name(args.model), device, for_training=True)
     encoded, _ = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
-    model = sft.make_trainable(model, cfg)
-    optimizer = sft.make_optimizer(model, cfg)
+    model = make_trainable(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     steps = plan(len(encoded), cfg.batch_size, 1 + args.repeats * args.steps, seed=0)
-    scheduler = sft.make_scheduler(optimizer, cfg, len(steps))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = make_scheduler(optimizer, cfg, len(steps))
+    single = Strategy("single")
+    trainer = Trainer(World(0, 1, 0, device), single, make_precision(cfg.mixed_precision, device, single), model,
+                      optimizer, scheduler, trainable_only=cfg.method == "lora")
     lengths = [e.n_tokens for e in encoded]
     pad_id = tokenizer.pad_token_id or 0
 
     def run(step, packing: bool) -> dict:
         cpu = time.process_time()
-        row, _ = sft.train_step(accelerator, model, optimizer, scheduler, step, encoded, lengths, pad_id,
-                                replace(cfg, packing=packing), n_micro)
+        row, _ = train_step(trainer, step, encoded, lengths, pad_id, replace(cfg, packing=packing), n_micro)
         return {**row, "cpu_s": time.process_time() - cpu}
 
     run(steps[0], False)  # warm-up: first-call allocations and kernel selection
@@ -99,7 +106,6 @@ def throughput(args: argparse.Namespace, cfg: TrainConfig, examples: list[Exampl
                       sum(s["tokens"] for s in runs), "step_time_s_median":
                       statistics.median(s["time_s"] / args.steps for s in runs),
                       "tokens_per_cpu_s_median": statistics.median(s["tokens"] / s["cpu_s"] for s in runs)})
-    sft.reset_accelerate()
     return table
 
 
@@ -110,7 +116,7 @@ def run_stage(records: list[Example], spec: ModelConfig, cfg: TrainConfig) -> tu
         subset, out = Path(tmp) / SUBSET_FILE, Path(tmp) / "out"
         write_examples(records, subset)
         out.mkdir()
-        metrics = sft.train_stage(subset, spec, cfg, 0, RuntimeConfig(device="cpu"), out, StageRun(None, "train"))
+        metrics = train_stage(subset, spec, cfg, 0, RuntimeConfig(device="cpu"), out, StageRun(None, "train"))
         return metrics, report.read_metrics(out / TRAIN_METRICS_FILE)
 
 
@@ -177,7 +183,7 @@ def stage_memory(args: argparse.Namespace, examples: list[Example]) -> list[dict
 
 
 def child_stage(args: argparse.Namespace, cfg: TrainConfig) -> None:
-    run_stage(sft.read_subset(args.child), model_from_name(args.model), replace(cfg, pad_to_multiple_of=args.pad_to))
+    run_stage(read_subset(args.child), model_from_name(args.model), replace(cfg, pad_to_multiple_of=args.pad_to))
 
 
 def plot_losses(losses: dict[str, list[float]], path: Path) -> None:

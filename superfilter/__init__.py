@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # The API imports torch and transformers: load it on first use so `import superfilter` stays instant.
     if name in __all__:
+        # deferred: the API imports torch and transformers; loaded on first use, `import superfilter` stays instant
         from superfilter import api
 
         return getattr(api, name)

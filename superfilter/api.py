@@ -24,7 +24,7 @@ from superfilter.models import ModelConfig, cache_dir, load_tokenizer, model_fro
 from superfilter.presets import filter_preset
 from superfilter.runtime import RuntimeConfig
 from superfilter.scoring import ScoreConfig
-from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed, token_counts
+from superfilter.selection import SELECTORS, SelectConfig, candidate_table, make_embed, output_scores, token_counts
 from superfilter.selection import select as run_selector
 from superfilter.settings import FilterRunConfig, ModelsConfig, check_seed, check_types, type_problem
 from superfilter.tracking import TrackingConfig
@@ -135,11 +135,16 @@ def with_columns(records: Records, positions: Sequence[int], table: pd.DataFrame
     values = (table.set_index("id").loc[list(ids)].reset_index(drop=True) if table is not None
               else pd.DataFrame(index=range(len(ids))))
     if records.kind == "dataset":
+        # deferred: datasets is already loaded, the caller passed a Dataset
+        from datasets import Value
+
         everything = list(positions) == list(range(len(records.rows)))
         dataset = records.original if everything else records.original.select(list(positions))
         dataset = dataset.remove_columns([c for c in values.columns if c in dataset.column_names])
         for column in values.columns:
-            dataset = dataset.add_column(column, values[column].tolist())
+            # A string column even when nothing was skipped (all null), never a column of type null.
+            feature = Value("string") if column == "skip_reason" else None
+            dataset = dataset.add_column(column, values[column].tolist(), feature=feature)
         return dataset
     if records.kind == "dataframe":
         frame = records.original.iloc[list(positions)].copy()
@@ -254,7 +259,8 @@ def score(data: Any, model: str | os.PathLike | ModelConfig = DEFAULT_MODEL, *,
           fields: Mapping[str, str] | None = None, format: str = "auto",
           artifact_root: str | os.PathLike | None = None, **options: Any) -> Any:
     """`data` with the score columns added to every record (n_prompt_tokens, n_response_tokens, loss_direct,
-    loss_conditioned, ppl_direct, ppl_conditioned, ifd, skip_reason).
+    loss_conditioned, ppl_direct, ppl_conditioned, ifd, skip_reason): the columns of the pipeline's subset.jsonl,
+    NaN for a skipped record's values and skip_reason None for a scored one.
 
     data: a path (JSON/JSONL/Parquet; a list of dicts comes back), a list of dicts, a datasets.Dataset or a pandas
     DataFrame (the same type comes back). model: a conf/model name, a local folder or a Hub id. fields: our name →
@@ -269,7 +275,7 @@ def score(data: Any, model: str | os.PathLike | ModelConfig = DEFAULT_MODEL, *,
     check_no_score_columns(records)
     examples = parse_examples(records, config.data.format, config.data.fields)
     _, scores = score_artifacts(config, records)
-    table = pd.read_parquet(scores.path / SCORES_FILE)
+    table = output_scores(pd.read_parquet(scores.path / SCORES_FILE))
     return with_columns(records, range(len(records.rows)), table, [ex.id for ex in examples])
 
 
@@ -336,7 +342,7 @@ def filter(data: Any, ratio: float = 0.1, method: str = "superfilter",
     first: dict[str, int] = {}
     for i, ex in enumerate(examples):
         first.setdefault(ex.id, i)
-    table = pd.read_parquet(scores.path / SCORES_FILE) if scores is not None else None
+    table = output_scores(pd.read_parquet(scores.path / SCORES_FILE)) if scores is not None else None
     return with_columns(records, [first[i] for i in chosen], table, chosen)
 
 

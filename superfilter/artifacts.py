@@ -8,7 +8,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,6 +19,7 @@ from filelock import FileLock
 
 from superfilter.contracts import STAGE_CONFIG_FILE, STAGE_METRICS_FILE, SUCCESS_MARKER
 from superfilter.errors import ConfigError
+from superfilter.runs import read_object
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,34 @@ class Artifact:
     path: Path
     cached: bool
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage as plan_only() saw it: its folder (built or not), the config parts its key hashes, upstream keys."""
+
+    artifact: Artifact
+    params: dict[str, Any]
+    upstream: tuple[str, ...]
+
+
+_PLANNED: ContextVar[list[PlannedStage] | None] = ContextVar("planned_stages", default=None)
+
+
+@contextmanager
+def plan_only() -> Iterator[list[PlannedStage]]:
+    """Inside, run_stage builds nothing: it returns each stage's folder (cached or not) and records it in the list
+    yielded, so the pipeline's own code says which stages a run would build or reuse (`plan=true`)."""
+    planned: list[PlannedStage] = []
+    token = _PLANNED.set(planned)
+    try:
+        yield planned
+    finally:
+        _PLANNED.reset(token)
+
+
+def planning() -> bool:
+    return _PLANNED.get() is not None
 
 
 def canonical_json(obj: Any) -> str:
@@ -76,18 +107,32 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]], allow_nan: bool =
     return path
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text like write_json_atomic: a reader sees the old file or the whole new one."""
+    _write_atomic(path, lambda f: f.write(text))
+
+
 def _write_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        write(f)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write with any library (pyarrow, pandas, ...); on success it is synced and
+    renamed onto `path`, on failure removed: a reader sees the old file or the whole new one, never half."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> Any:
@@ -100,7 +145,7 @@ def load_artifact(root: Path, stage: str, key: str) -> Artifact | None:
     if not (path / SUCCESS_MARKER).exists():
         return None
     metrics_file = path / STAGE_METRICS_FILE
-    metrics = read_json(metrics_file) if metrics_file.exists() else {}
+    metrics = read_object(metrics_file) if metrics_file.exists() else {}
     return Artifact(stage, key, path, cached=True, metrics=metrics)
 
 
@@ -120,6 +165,10 @@ def run_stage(
     """
     key = stage_key(stage, version, params, upstream)
     final = stage_dir(root, stage, key)
+    if (planned := _PLANNED.get()) is not None:
+        artifact = load_artifact(root, stage, key) or Artifact(stage, key, final, cached=False)
+        planned.append(PlannedStage(artifact, params, tuple(a.key for a in upstream)))
+        return artifact
     if (found := load_artifact(root, stage, key)) is not None:
         log.info("%s: cache hit %s", stage, final)
         return found

@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 
 import yaml
 
-from superfilter.artifacts import check_root
-from superfilter.contracts import DEFAULT_MODEL
-from superfilter.data import FORMATS, check_source_file, file_container, parse_record
+from superfilter.artifacts import atomic_path, check_root, read_json
+from superfilter.contracts import DEFAULT_MODEL, EXAMPLES_FILE, STAGE_CONFIG_FILE
+from superfilter.data import FORMATS, check_source_file, file_container, parse_record, read_examples
 from superfilter.errors import EXIT_USER_ERROR, DataError, UserError
 
 log = logging.getLogger("superfilter")
@@ -121,7 +121,9 @@ def build_parser() -> Parser:
     add_data_arguments(sc)
     ins = commands.add_parser("inspect", help="summarise a scored file",
                               description="Counts, skip reasons, IFD quantiles, top and bottom examples.")
-    ins.add_argument("scores", metavar="SCORES", help="the output of `superfilter score` (or a scores.parquet)")
+    ins.add_argument("scores", metavar="SCORES",
+                     help="the output of `superfilter score`, a subset.jsonl, or a score stage's scores.parquet "
+                          "(its records are read from the prepare stage it names)")
     ins.add_argument("--top", type=count_at_least(0), default=5, help="examples shown at each end (default 5)")
     ins.add_argument("--fields", type=key_values, default={}, metavar="NAME=COLUMN,...")
     mod = commands.add_parser("models", help="prepare models once and print their local folders",
@@ -198,15 +200,17 @@ def json_safe(value: Any) -> Any:
 
 def write_records(records: list[dict[str, Any]], path: Path, container: str) -> None:
     """Write to a temporary sibling, then rename: an interrupted run never leaves half a file at OUT."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if container == "parquet":
             # deferred: numpy/pandas/pyarrow load only for the command that reads tables
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(records), tmp)
+            table = pa.Table.from_pylist(records)
+            i = table.schema.get_field_index("skip_reason")
+            if i >= 0 and pa.types.is_null(table.schema.field(i).type):  # nothing skipped: strings, all null
+                table = table.set_column(i, "skip_reason", table.column(i).cast(pa.string()))
+            pq.write_table(table, tmp)
         else:
             rows = [{k: json_safe(v) for k, v in r.items()} for r in records]
             with open(tmp, "w", encoding="utf-8") as f:
@@ -215,9 +219,6 @@ def write_records(records: list[dict[str, Any]], path: Path, container: str) -> 
                     f.write("\n")
                 else:
                     f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_output(records: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -294,8 +295,27 @@ def run_inspect(args: argparse.Namespace) -> None:
     # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
     from superfilter import api
 
-    records = api.read_records(Path(args.scores))
-    print(summary(records.rows, str(args.scores), args.top, args.fields))
+    path = Path(args.scores)
+    print(summary(with_examples(api.read_records(path).rows, path), str(args.scores), args.top, args.fields))
+
+
+def with_examples(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """A score stage's scores.parquet holds ids, not text: its records joined from the prepare stage its
+    config.json names (that folder, else the one with its key under the same artifact root)."""
+    config_file = path.parent / STAGE_CONFIG_FILE
+    if not rows or "id" not in rows[0] or "instruction" in rows[0] or not config_file.is_file():
+        return rows
+    upstream = read_json(config_file).get("upstream", {}).get("prepare")
+    if not upstream:
+        return rows
+    candidates = (Path(upstream["path"]) / EXAMPLES_FILE,
+                  path.parent.parent.parent / "prepare" / upstream["key"][:12] / EXAMPLES_FILE)
+    examples_file = next((p for p in candidates if p.is_file()), None)
+    if examples_file is None:
+        log.warning("%s: its records (%s) are gone; showing ids", path, candidates[0])
+        return rows
+    by_id = {ex.id: ex.to_dict() for ex in read_examples(examples_file)}
+    return [{**by_id.get(row["id"], {}), **row} for row in rows]
 
 
 def summary(rows: list[dict[str, Any]], name: str, top: int, fields: dict[str, str]) -> str:
@@ -345,7 +365,7 @@ def preview(row: dict[str, Any], fields: dict[str, str]) -> str:
 
     try:
         text = parse_record(row, "auto", fields, "").prompt
-    except DataError:  # a bare scores.parquet holds ids, not text
+    except DataError:  # a scores.parquet whose records are gone holds ids, not text
         text = f"id {row.get('id', '?')}"
     text = " ".join(text.split())
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"

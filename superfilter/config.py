@@ -25,6 +25,7 @@ class Config(FilterRunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    plan: bool = False  # print the stages, models, memory and time this run needs, load nothing, and stop
 
     def validate(self) -> None:
         super().validate()

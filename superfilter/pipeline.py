@@ -10,17 +10,19 @@ from typing import Any
 from eval.registry import get as get_suite
 from eval.stage import check as check_eval
 from eval.stage import eval_stage, model_label
-from superfilter.artifacts import Artifact
+from superfilter.artifacts import Artifact, planning
 from superfilter.config import Config
 from superfilter.contracts import SUBSET_FILE
 from superfilter.data import read_examples
 from superfilter.models import load_tokenizer
+from superfilter.planning import check as check_plan
 from superfilter.runtime import resolve_device
 from superfilter.selection import SelectConfig, token_counts
 from superfilter.stages import key_params, model_params, prepare, run_stage, score, scores_for_selection, select
 from superfilter.stats import PAIRED, verdict_lines
 from train.config import resolve_mixed_precision
-from train.sft import train_stage
+from train.stage import check as check_train
+from train.stage import train_stage
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,12 @@ def subset_tokens(cfg: Config, subset: Artifact) -> int:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Run every stage listed in cfg.stages, building (or reusing) whatever each one reads."""
+    check_plan(cfg, run)  # what cannot fit its hardware stops here, with the fix (superfilter/planning.py)
     done: dict[str, Artifact] = {}
-    if "eval" in cfg.stages:
+    if "eval" in cfg.stages and not planning():  # plan=true reports this check's failure instead of stopping
         check_eval(cfg.eval)  # unknown tasks, missing files, Hub-only tasks offline: fail before any model loads
+    if set(cfg.stages) & {"train", "eval"} and not planning():
+        check_train(cfg.train, cfg.runtime)  # a world that cannot train this config: fail before scoring
     examples = done["prepare"] = prepare(cfg)
     wanted = set(cfg.stages)
     if "score" in wanted:
@@ -124,7 +129,7 @@ def run(cfg: Config) -> dict[str, Any]:
         reference = None
         if needs_partner(cfg):
             done["train_reference"] = reference = trained_model(partner_config(cfg), examples)
-        if needs_token_partner(cfg):
+        if needs_token_partner(cfg) and not (planning() and not (done["select"].path / SUBSET_FILE).is_file()):
             tokens = subset_tokens(cfg, done["select"])
             log.info("eval.equal_tokens: %s at %d %s tokens of %s", cfg.eval.reference, tokens,
                      cfg.filter.budget_tokens_of, cfg.model.strong.name)
@@ -135,7 +140,9 @@ def run(cfg: Config) -> dict[str, Any]:
             judge_free_eval = replace(cfg.eval, suites=judge_free(cfg.eval.suites))
             done["eval_tokens"] = evaluate(replace(cfg, eval=judge_free_eval), done["train"],
                                            done["train_ref_tokens"])
-    return summarize(done, verdict(cfg, done))
+    # A plan builds nothing, so the equal-token partner (its budget is the subset's token count) and the verdict
+    # appear once the subset exists.
+    return summarize(done, [] if planning() else verdict(cfg, done))
 
 
 def verdict(cfg: Config, done: dict[str, Artifact]) -> list[str]:

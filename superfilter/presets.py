@@ -13,13 +13,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from superfilter.contracts import PROJECT_ROOT
 from superfilter.errors import UserError
 
 CONFIG_NAME = "config"
 MODEL_GROUP = "model"  # conf/model/<name>.yaml: one file per model, selectable in either role
 MODEL_ROLES = ("weak", "strong")
 PACKAGED_CONF = Path(__file__).resolve().parent / "conf"  # where the wheel puts the top-level conf/
-CHECKOUT_CONF = Path(__file__).resolve().parents[1] / "conf"
+CHECKOUT_CONF = PROJECT_ROOT / "conf"
 
 
 def conf_dir() -> Path:

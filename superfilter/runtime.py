@@ -16,13 +16,26 @@ import torch
 from superfilter.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+# The GPUs `runtime.gpu` can name, with the memory nvidia-smi reports: a plan for a machine other than this one.
+GPU_MEMORY_GIB = {"a100-80gb": 80.0, "h100-80gb": 79.6, "h200": 140.4}
 
 
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_processes: int = 1  # >1 launches scoring/training with accelerate (GPUs) or torchrun (CPU, gloo)
+    num_processes: int = 1  # per node; >1 launches scoring/training with accelerate (GPUs) or torchrun (CPU, gloo)
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    gpu: str = "auto"  # auto (what this host has) | a100-80gb | h100-80gb | h200: one per process, for the plan
+    # Several nodes: node 0 runs the pipeline, the others follow it (superfilter/launch.py); a shared artifact_root.
+    num_nodes: int = 1
+    node_rank: int = -1  # this node's index; -1 = $SLURM_NODEID, else 0
+    master_addr: str = ""  # node 0's address, reachable from every node; "" = the first node of $SLURM_JOB_NODELIST
+    master_port: int = 29400  # node 0's port for the followers; each launch meets on a free port node 0 picks
+
+    @property
+    def world_size(self) -> int:
+        """Processes over all nodes: what a sharded model is split over and the global batch is dealt to."""
+        return self.num_nodes * self.num_processes
 
     def validate(self) -> None:
         """Checked on every run, cache hit or not: a bad device must not pass just because nothing was computed."""
@@ -32,6 +45,15 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.num_processes must be >= 1, got {self.num_processes}")
         if self.num_threads < 0:
             raise ConfigError(f"runtime.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
+        if self.gpu != "auto" and self.gpu not in GPU_MEMORY_GIB:
+            raise ConfigError(f"runtime.gpu must be auto or one of {list(GPU_MEMORY_GIB)}, got {self.gpu!r}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"runtime.num_nodes must be >= 1, got {self.num_nodes}")
+        if not -1 <= self.node_rank < self.num_nodes:
+            raise ConfigError(f"runtime.node_rank must be in [0, {self.num_nodes}) (or -1: $SLURM_NODEID), "
+                              f"got {self.node_rank}")
+        if not 0 < self.master_port < 65536:
+            raise ConfigError(f"runtime.master_port must be a port number (1-65535), got {self.master_port}")
 
 
 def resolve_device(name: str) -> torch.device:

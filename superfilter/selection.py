@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from superfilter.artifacts import write_jsonl
-from superfilter.contracts import SCORE_COLUMNS, SUBSET_FILE
+from superfilter.contracts import SCORE_COLUMNS, SUBSET_CARD_FILE, SUBSET_FILE, TURN_COLUMNS
 from superfilter.data import Example, read_examples
 from superfilter.embeddings import embed_texts, example_text
 from superfilter.errors import ConfigError, DataError
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 SCORERS = ("weak", "strong", "none")
 BUDGET_BASES = ("pool", "survivors")
 ENDS = ("high", "low")
+EXAMPLE_COLUMNS = ("id", "instruction", "input", "output", "system")  # a subset record's own fields, history aside
 TOKEN_BUDGET_UNITS = ("response", "example")
 # What identifies a tokenizer in the select key (not the dtype or the attention kernel of the model around it).
 TOKENIZER_FIELDS = ("source", "path", "gguf_file", "revision", "trust_remote_code")
@@ -38,9 +40,8 @@ BUDGET_EPSILON = 1e-9
 
 @dataclass
 class SelectConfig:
-    # allow_empty never changes which records are chosen, only whether none is an error
-    # (superfilter.stages.select_params still keys an allowed-empty run apart, so a run that forbids it never reuses an
-    # empty subset).
+    # allow_empty never changes which records are chosen, only whether none is an error (stages.select_params
+    # still keys an allowed-empty run apart, so a run that forbids it never reuses an empty subset).
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("embed_batch_size", "allow_empty")
 
     name: str = "superfilter"
@@ -454,19 +455,54 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def output_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """The score columns as every output shows them (subset.jsonl, the command, the API): skip_reason null, not
+    "", when the record was scored, so that `isna()` counts the scored records."""
+    out = table.copy()
+    if "skip_reason" in out:
+        out["skip_reason"] = pd.Series([None if v is None or v == "" else str(v) for v in out["skip_reason"]],
+                                       index=out.index, dtype=object)
+    return out
+
+
 def subset_records(examples: dict[str, Example], table: pd.DataFrame, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The chosen records in selection order, each with its scores (NaN written as null)."""
-    score_columns = [c for c in SCORE_COLUMNS if c != "id" and c in table]
-    by_id = table.set_index("id")
+    """The chosen records in selection order, in one flat shape: the record's fields, `rank`, then the score
+    columns the command and the API add (NaN written as null, skip_reason null when scored). `history` is written
+    only when a chosen record has one: a column of empty lists would load as a list of nulls in `datasets`."""
+    score_columns = [c for c in (*SCORE_COLUMNS, *TURN_COLUMNS) if c != "id" and c in table]
+    by_id = output_scores(table).set_index("id")
+    multi_turn = any(examples[id_].history for id_ in ids)
     records = []
     for rank, id_ in enumerate(ids):
         record = examples[id_].to_dict()
+        if not multi_turn:
+            del record["history"]
         record["rank"] = rank
         if score_columns:
             row = by_id.loc[id_]
-            record["scores"] = {c: _json_value(row[c]) for c in score_columns}
+            record.update({c: _json_value(row[c]) for c in score_columns})
         records.append(record)
     return records
+
+
+# The type of each subset.jsonl column, declared in the dataset card: JSON cannot type a column that holds only
+# nulls (skip_reason in a subset of scored records) or empty lists.
+CARD_TYPES = {"id": "string", "instruction": "string", "input": "string", "output": "string", "system": "string",
+              "rank": "int64", "n_prompt_tokens": "int64", "n_response_tokens": "int64", "loss_direct": "float64",
+              "loss_conditioned": "float64", "ppl_direct": "float64", "ppl_conditioned": "float64",
+              "ifd": "float64", "skip_reason": "string", "ifd_max": "float64", "n_turns": "int64",
+              "n_turns_scored": "int64"}
+
+
+def dataset_card(columns: Sequence[str], selector: str) -> str:
+    """README.md for the select folder: `datasets.load_dataset(<folder>)` reads subset.jsonl (and only it) with
+    these column types, whatever values this subset happens to hold."""
+    features = [{"name": c, "list": {"list": "string"}} if c == "history" else {"name": c, "dtype": CARD_TYPES[c]}
+                for c in columns]
+    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": SUBSET_FILE}]}],
+              "dataset_info": {"features": features}}
+    return (f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\nThe records selected by `{selector}`, best first, "
+            f"with their scores: {SUBSET_FILE}. The selection's numbers are in metrics.json.\n")
 
 
 def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -476,10 +512,9 @@ def preview_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[An
     picks += [("bottom", r) for r in records[max(TABLE_ROWS, len(records) - TABLE_ROWS):]]
     rows = []
     for end, r in picks:
-        scores = r.get("scores", {})
-        rows.append([end, r["rank"], r["id"], scores.get("ifd"), scores.get("ppl_conditioned"),
-                     scores.get("n_response_tokens"), r["instruction"][:TEXT_PREVIEW_CHARS],
-                     r["input"][:TEXT_PREVIEW_CHARS], r["output"][:TEXT_PREVIEW_CHARS]])
+        rows.append([end, r["rank"], r["id"], r.get("ifd"), r.get("ppl_conditioned"), r.get("n_response_tokens"),
+                     r["instruction"][:TEXT_PREVIEW_CHARS], r["input"][:TEXT_PREVIEW_CHARS],
+                     r["output"][:TEXT_PREVIEW_CHARS]])
     return columns, rows
 
 
@@ -495,8 +530,8 @@ def select_stage(
     examples_path: Path, scores_path: Path | None, cfg: SelectConfig, ratio: float, seed: int,
     runtime: RuntimeConfig, out_dir: Path, tracker: StageRun, tokenizer_model: ModelConfig | None = None,
 ) -> dict[str, Any]:
-    """Write out_dir/subset.jsonl (records with their scores); return metrics. tokenizer_model: the model whose
-    tokenizer counts filter.budget_tokens (the strong model; unused without a token budget)."""
+    """Write out_dir/subset.jsonl (records with their score columns, flat); return metrics. tokenizer_model: the model
+    whose tokenizer counts filter.budget_tokens (the strong model; unused without a token budget)."""
     examples = read_examples(examples_path)
     by_id = {ex.id: ex for ex in examples}
     scores = read_scores(scores_path) if scores_path is not None else None
@@ -510,6 +545,8 @@ def select_stage(
     choice = select(table, cfg, ratio, seed, embed, tokens)
     records = subset_records(by_id, table, choice.ids)
     write_jsonl(out_dir / SUBSET_FILE, records, allow_nan=False)
+    columns = list(records[0]) if records else [*EXAMPLE_COLUMNS, "rank", *SCORE_COLUMNS[1:]]
+    (out_dir / SUBSET_CARD_FILE).write_text(dataset_card(columns, cfg.name), encoding="utf-8")
     metrics = selection_metrics(table, cfg, choice, ratio)
     columns, rows = preview_rows(records)
     write_jsonl(out_dir / "top_bottom.jsonl", [dict(zip(columns, row, strict=True)) for row in rows], allow_nan=False)

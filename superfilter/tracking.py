@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from superfilter.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MODES = ("offline", "online", "disabled")
+MAX_TAG_CHARS = 64  # W&B refuses longer tags
+MAX_GROUP_CHARS = 128  # and longer groups
+NAME_SEPARATOR = " · "
 
 
 @dataclass
@@ -22,10 +26,40 @@ class TrackingConfig:
     project: str = "superfilter"
     entity: str = ""
     dir: str = ""  # where wandb writes; empty = <artifact_root>/wandb
+    group: str = ""  # the W&B group of every run; empty = the experiment's `name` (a Hydra sweep: its folder)
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"tracking.mode must be one of {MODES}, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A stage folder as a W&B reference artifact: named <stage>-<key[:12]> like the folder, typed by its stage."""
+
+    stage: str
+    key: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.key[:12]}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What makes one stage's run findable: `<stage> · <label>`, its group, tags, config and upstream folders."""
+
+    stage: str
+    label: str
+    group: str
+    tags: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[Reference, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}{NAME_SEPARATOR}{self.label}" if self.label else self.stage
 
 
 class StageRun:
@@ -62,6 +96,11 @@ class StageRun:
 
             self._run.log({f"{self.stage}/{name}": wandb.Table(columns=columns, data=rows)})
 
+    def output(self, reference: Reference) -> None:
+        """The stage's finished folder as this run's output artifact: the lineage graph's next node."""
+        if self._run is not None:
+            self._run.log_artifact(reference_artifact(reference))
+
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -73,6 +112,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def tag(name: str, value: Any) -> str:
+    return f"{name}:{value}"[:MAX_TAG_CHARS]
+
+
 def wandb_env(directory: Path) -> dict[str, str]:
     """Every place wandb would otherwise write under the home directory, pointed into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -80,23 +123,81 @@ def wandb_env(directory: Path) -> dict[str, str]:
             ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")}
 
 
+def tracking_off(cfg: TrackingConfig) -> bool:
+    return cfg.mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled"
+
+
+def reference_artifact(reference: Reference) -> Any:
+    """A reference to the local folder, not a copy: checksum=False names each file by its path, and the folder's
+    name is its content key, so the same folder is the same artifact version in every run that names it."""
+    # deferred: wandb loads only when tracking is on
+    import wandb
+
+    artifact = wandb.Artifact(reference.name, type=reference.stage,
+                              metadata={"key": reference.key, "path": str(reference.path)})
+    artifact.add_reference(Path(reference.path).resolve().as_uri(), checksum=False)
+    return artifact
+
+
+def declare_input(run: Any, reference: Reference) -> None:
+    if not Path(reference.path).is_dir():
+        log.warning("tracking: upstream %s is not at %s; not linked", reference.name, reference.path)
+        return
+    artifact = reference_artifact(reference)
+    if run.settings.mode in ("offline", "dryrun"):
+        # use_artifact refuses to run offline; this is what it does online for an artifact not yet logged (log it,
+        # marked as used by this run), recorded in the run file so that `wandb sync` links the lineage.
+        run._log_artifact(artifact, use_after_commit=True)
+    else:
+        run.use_artifact(artifact)
+
+
+def _init(cfg: TrackingConfig, root: Path, group: str, **kwargs: Any) -> Any:
+    # deferred: wandb loads only when tracking is on
+    import wandb
+
+    directory = Path(cfg.dir) if cfg.dir else Path(root) / "wandb"
+    os.environ.update(wandb_env(directory))
+    # dir= as well: wandb reads WANDB_DIR once per process, and a second run elsewhere (the API, tests) must not
+    # land in the first one's folder.
+    return wandb.init(project=cfg.project, entity=cfg.entity or None, mode=cfg.mode, reinit="create_new",
+                      group=group[:MAX_GROUP_CHARS], dir=str(directory),
+                      settings=wandb.Settings(silent=True, console="off"), **kwargs)
+
+
 @contextlib.contextmanager
-def stage_run(
-    cfg: TrackingConfig, stage: str, config: dict[str, Any], group: str, root: Path, name: str = ""
-) -> Iterator[StageRun]:
-    if cfg.mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
-        yield StageRun(None, stage)
+def stage_run(cfg: TrackingConfig, spec: RunSpec, root: Path) -> Iterator[StageRun]:
+    """One W&B run for one executed stage: named `<stage> · <label>`, job_type = stage, its upstream folders
+    declared as inputs. The caller logs the finished folder with StageRun.output; a failed stage's run ends
+    with exit code 1."""
+    if tracking_off(cfg):
+        yield StageRun(None, spec.stage)
+        return
+    run = _init(cfg, root, spec.group, job_type=spec.stage, name=spec.name, tags=list(spec.tags),
+                config=spec.config)
+    exit_code = 1
+    try:
+        for reference in spec.inputs:
+            declare_input(run, reference)
+        yield StageRun(run, spec.stage)
+        exit_code = 0
+    finally:
+        run.finish(exit_code=exit_code)
+
+
+def log_report_table(cfg: TrackingConfig, columns: list[str], rows: list[list[Any]], *, group: str, root: Path,
+                     name: str = "report") -> None:
+    """A sweep's report as one W&B table, in its own run (job_type=report) in the sweep's group. The run id is
+    derived from project and group, so logging the report again updates that run instead of adding another."""
+    if tracking_off(cfg):
         return
     # deferred: wandb loads only when tracking is on
     import wandb
 
-    os.environ.update(wandb_env(Path(cfg.dir) if cfg.dir else Path(root) / "wandb"))
-    run = wandb.init(
-        project=cfg.project, entity=cfg.entity or None, mode=cfg.mode, group=group, job_type=stage,
-        name=name or None, config=config, reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    run_id = "report-" + hashlib.sha256(f"{cfg.project}\0{group}".encode()).hexdigest()[:16]
+    run = _init(cfg, root, group, job_type="report", name=f"report{NAME_SEPARATOR}{group}", id=run_id,
+                resume="allow")
     try:
-        yield StageRun(run, stage)
+        run.log({f"report/{name}": wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
     finally:
         run.finish()

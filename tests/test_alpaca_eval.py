@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import random
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from eval import alpaca_eval
+from eval.commands import alpaca_eval as command
 from eval.judge import JudgeRequest, alpaca_eval_2_preference
+from eval.metrics import alpaca_eval
 from superfilter.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared" / "data" / "alpaca_eval"
 ANNOTATIONS = SHARED / "annotations" / "alpaca-7b_weighted_alpaca_eval_gpt4_turbo.json"
 LEADERBOARD = SHARED / "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
 needs_shared = pytest.mark.skipif(not ANNOTATIONS.is_file(), reason=f"real annotations not found at {ANNOTATIONS}")
@@ -27,7 +30,7 @@ def _leaderboard_row(model: str) -> dict[str, str]:
 
 @needs_shared
 def test_cli_reproduces_the_leaderboard_from_alpaca_evals_own_annotations(capsys):
-    assert alpaca_eval.main([str(ANNOTATIONS), "--json"]) == 0
+    assert command.main([str(ANNOTATIONS), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     published = _leaderboard_row(row["generator"])
     assert row["generator"] == "alpaca-7b" and row["baseline"] == "gpt4_1106_preview"
@@ -41,7 +44,7 @@ def test_cli_reproduces_the_leaderboard_from_alpaca_evals_own_annotations(capsys
 @needs_shared
 def test_cli_table_prints_the_rounded_leaderboard_numbers_and_why_lc_is_missing(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert alpaca_eval.main([str(ANNOTATIONS)]) == 0
+    assert command.main([str(ANNOTATIONS)]) == 0
     out = capsys.readouterr()
     assert "| alpaca-7b | gpt4_1106_preview | 2.59 | 0.49 | 805 | 3 | 396 | unavailable |" in out.out
     assert "df_gamed.csv unavailable" in out.err and "--df-gamed" in out.err
@@ -168,7 +171,7 @@ def test_malformed_annotation_files_fail_naming_file_record_and_field(tmp_path, 
     with pytest.raises(DataError, match=message) as error:
         alpaca_eval.load_annotations(path)
     assert str(path) in str(error.value)
-    assert alpaca_eval.main([str(path)]) == 2
+    assert command.main([str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message.split(":")[0] in err
 
@@ -201,7 +204,7 @@ def test_v2_suite_end_to_end_with_the_fake_judge_and_a_local_df_gamed(tiny_train
     assert result["win_rate"] == 0.0 == metrics["alpaca_eval"]["win_rate"] and result["n"] == 6
     assert result["length_controlled_winrate"] is not None and result["df_gamed"] == str(fixture)
     # The annotations file is alpaca_eval's format: the CLI recomputes the same numbers from it.
-    assert alpaca_eval.main([str(out / "eval" / "alpaca_eval" / "annotations.json"), "--json",
+    assert command.main([str(out / "eval" / "alpaca_eval" / "annotations.json"), "--json",
                              "--df-gamed", str(fixture)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["win_rate"] == result["win_rate"]
@@ -232,3 +235,22 @@ def test_v2_suite_with_the_local_hf_judge_gives_expected_preferences(tiny_train_
     assert any(p not in (1.0, 2.0) for p in preferences)  # weighted by probabilities, not a hard verdict
     result = json.loads((out / "eval" / "alpaca_eval.json").read_text())
     assert result["win_rate"] == pytest.approx(100 * sum(p - 1 for p in preferences) / 6)
+
+
+@needs_shared
+def test_leaderboard_check_script_recomputes_a_models_row_and_flags_a_changed_one(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "leaderboard_check", PROJECT / "experiments" / "alpaca_eval_leaderboard" / "check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    folder = tmp_path / "results" / "alpaca-7b" / check.ANNOTATOR
+    folder.mkdir(parents=True)
+    (folder / "annotations.json").write_text(ANNOTATIONS.read_text())
+    assert check.main([str(tmp_path / "results"), str(LEADERBOARD)]) == 0
+    out = capsys.readouterr().out
+    assert "| alpaca-7b | 2.5915 | 2.5915 |" in out and "1 models, 802 preferences: every" in out
+    changed = tmp_path / "leaderboard.csv"
+    rows = [line.replace("alpaca-7b,2.", "alpaca-7b,3.", 1) for line in LEADERBOARD.read_text().splitlines()]
+    changed.write_text("\n".join(rows) + "\n")
+    assert check.main([str(tmp_path / "results"), str(changed)]) == 1
+    assert "1 differ beyond 1e-09: alpaca-7b" in capsys.readouterr().out

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval import arena_hard
-from eval.arena_hard import read_judgments, standings
+from eval.commands import arena_hard as command
 from eval.judge import ARENA_HARD_PATTERNS, JudgeRequest, ReplayJudge, arena_hard_verdict, judge_all, judge_prompt
+from eval.judge.arena_files import read_judgments
+from eval.metrics import arena_hard
+from eval.metrics.arena_hard import standings
 from superfilter.artifacts import write_jsonl
 from superfilter.errors import DataError
 
@@ -101,11 +103,11 @@ def test_cli_prints_the_leaderboard_from_judgment_files(tmp_path, capsys):
     records = _synthetic_records(3)
     for model in ("m1", "m2"):
         write_jsonl(tmp_path / f"{model}.jsonl", [r for r in records if r["model"].endswith(model)])
-    assert arena_hard.main([str(tmp_path / "m1.jsonl"), str(tmp_path / "m2.jsonl"), "--json"]) == 0
+    assert command.main([str(tmp_path / "m1.jsonl"), str(tmp_path / "m2.jsonl"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     expected = {s.model: s.to_dict() for s in standings(records)}
     assert {m["model"]: m for m in out["models"]} == expected and out["baseline"] == [arena_hard.BASELINE]
-    assert arena_hard.main([str(tmp_path / "m1.jsonl")]) == 0
+    assert command.main([str(tmp_path / "m1.jsonl")]) == 0
     captured = capsys.readouterr()
     assert "| m1 |" in captured.out and "| gpt-4-0314 (baseline) | 50.0 |" in captured.out
     assert "not counted" in captured.err
@@ -140,7 +142,7 @@ def test_malformed_judgment_files_fail_naming_file_line_and_field(tmp_path, caps
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")) as error:
         read_judgments(path)
     assert str(error.value).startswith(str(path))
-    assert arena_hard.main([str(path)]) == 2
+    assert command.main([str(path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
@@ -166,7 +168,7 @@ def test_our_judgment_files_round_trip_through_replay_and_the_cli(tmp_path, caps
     replayed, summary = judge_all(ReplayJudge([path]), requests, [])
     assert [a.verdict for a in replayed] == [a.verdict for a in judged] and summary["unparseable"] == 0
     assert records[0]["games"][0]["prompt"][1]["content"] == requests[0].messages()[1]
-    assert arena_hard.main([str(path), "--json"]) == 0
+    assert command.main([str(path), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["models"]
     assert row["score"] == pytest.approx(100 * standings(records)[0].score) and row["n"] == 6
 
@@ -205,7 +207,7 @@ def test_suite_end_to_end_with_the_fake_judge_writes_arena_hard_auto_files(tiny_
     assert model == result["model"]
     assert set(by_uid) == {r["uid"] for r in records}
     assert "Arena-Hard-Auto v0.1" in (out / "eval" / "summary.md").read_text()
-    assert arena_hard.main([str(judgments), "--json"]) == 0
+    assert command.main([str(judgments), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["models"][0]["score"] == result["score"]
 
     again = tmp_path / "eval" / "y.partial"

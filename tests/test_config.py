@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from superfilter import pipeline, stages
 from superfilter.config import Config, compose_config, register_configs, to_config
-from superfilter.settings import as_dict
 from superfilter.errors import ConfigError
 from superfilter.models import ModelConfig, model_from_name
 from superfilter.presets import conf_dir, model_preset, options
+from superfilter.settings import as_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
@@ -134,3 +134,21 @@ def test_embed_model_enters_the_select_key_only_when_the_weak_model_embeds():
     weak = ("filter=superfilter_d", "filter.embedder=weak")
     assert key_of(make(*weak), "select") != key_of(make(*weak, "model/weak=tiny"), "select")
     assert key_of(make(*weak), "select") == key_of(make(*weak, "model.weak.name=renamed"), "select")
+
+
+def sweep_params(experiment: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params)
+
+
+def test_paper_sweeps_hold_every_row_of_their_table():
+    table2 = sweep_params("paper/table2_main")
+    assert set(table2["filter"].split(",")) == {"superfilter", "full"}  # the 100% rows
+    assert set(table2["data"].split(",")) == {"alpaca", "alpaca_gpt4"}
+    table3 = sweep_params("paper/table3_ablation")
+    assert set(table3["filter"].split(",")) == {"random", "kmeans", "perplexity", "superfilter", "self_ifd"}
+    text = (CONF / "experiment" / "paper" / "table3_ablation.yaml").read_text()
+    # The GPT-2-large and GPT-Neo rows: one documented command into the same sweep folder.
+    assert "filter=superfilter model/weak=gpt2_large,gpt_neo_1.3b" in text
+    assert "dir: multirun/table3_ablation" in text and "subdir: ${hydra.job.override_dirname}" in text

@@ -13,7 +13,7 @@ SOURCES = sorted(p for folder in (*PACKAGES, "experiments") for p in (ROOT / fol
 SPELLED_ONCE = (contracts.DEFAULT_MODEL, contracts.EXAMPLES_FILE, contracts.SCORES_FILE, contracts.SUBSET_FILE,
                 contracts.MODEL_INFO_FILE, contracts.TRAIN_RESULT_FILE, contracts.TRAIN_METRICS_FILE,
                 contracts.LOSS_CURVE_FILE, contracts.RUN_SUMMARY_FILE, contracts.STAGE_METRICS_FILE,
-                contracts.SUCCESS_MARKER, contracts.JUDGE_ANNOTATIONS_FILE)
+                contracts.SUCCESS_MARKER, contracts.JUDGE_ANNOTATIONS_FILE, contracts.REPORT_COLUMNS)
 
 
 def test_contract_names_are_spelled_only_in_contracts():

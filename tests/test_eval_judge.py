@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from eval.judge import (
+    JUDGE_KINDS,
     AnnotationCache,
     FakeJudge,
     HFJudge,
@@ -262,8 +263,8 @@ class OfficialKindsServer(FlakyServer):
             if index == 2 and attempt == 1:
                 time.sleep(self.delay_s)
                 return self.send(handler, 200, b"{}")
-            if index == 3 and attempt == 1:
-                return self.send(handler, 200, b"<html>not json</html>")
+            if index == 3 and attempt == 1:  # unlike FlakyServer's, this one claims to be JSON
+                return self.send(handler, 200, b"<html>not json</html>", {"Content-Type": "application/json"})
         if "## Best Model Identifier" in user:
             top = ([{"token": "The", "logprob": -0.1}] if index == 4 else
                    [{"token": "M", "logprob": math.log(0.1 * (index + 1))}, {"token": "m", "logprob": math.log(0.25)}])
@@ -291,8 +292,6 @@ def official_server():
 
 def test_openai_backend_sends_the_official_settings_and_reads_alpaca_eval_2_and_arena_hard(
         official_server, tmp_path, monkeypatch):
-    from eval.judge.base import KIND_API
-
     monkeypatch.setenv("SUPERFILTER_TEST_KEY", "sk-test")
     alpaca = [JudgeRequest("alpaca_eval_2", f"question {i}?", f"output one {i}", f"output two {i}") for i in range(8)]
     arena = [JudgeRequest("arena_hard", f"question {i}?", f"baseline {i}", f"model {i}", "baseline_first")
@@ -305,9 +304,10 @@ def test_openai_backend_sends_the_official_settings_and_reads_alpaca_eval_2_and_
 
     for body in bodies:
         kind = "alpaca_eval_2" if "## Best Model Identifier" in body["messages"][1]["content"] else "arena_hard"
-        assert {k: body[k] for k in KIND_API[kind]} == KIND_API[kind]
-    assert KIND_API["alpaca_eval_2"] == {"max_tokens": 1, "temperature": 1.0, "logprobs": True, "top_logprobs": 5}
-    assert KIND_API["arena_hard"] == {"max_tokens": 4096, "temperature": 0.0}
+        assert {k: body[k] for k in JUDGE_KINDS[kind].api} == JUDGE_KINDS[kind].api
+    assert JUDGE_KINDS["alpaca_eval_2"].api == {"max_tokens": 1, "temperature": 1.0, "logprobs": True,
+                                                "top_logprobs": 5}
+    assert JUDGE_KINDS["arena_hard"].api == {"max_tokens": 4096, "temperature": 0.0}
     for i, a in enumerate(annotations[:8]):
         if i == 4:
             assert not a.ok and "no m/M" in a.error
@@ -344,3 +344,64 @@ def test_a_backend_registers_itself_and_unknown_backends_fail_naming_the_registe
         make_judge(JudgeConfig(backend="constant"))
     with pytest.raises(ConfigError, match="eval.judge.backend: unknown"):
         EvalConfig(suites=["alpaca_eval"], judge=JudgeConfig(backend="constant")).validate()
+
+
+def test_each_backend_names_and_describes_its_judge():
+    from eval.judge import describe, judge_label
+
+    hf = JudgeConfig(backend="hf", model=ModelConfig(name="smol", source="local", path="x"))
+    assert describe(hf).startswith("hf judge smol: judged by a small local model, not GPT-4")
+    assert judge_label(hf) == "smol"
+    api = JudgeConfig(backend="openai", api_model="gpt-x", base_url="http://127.0.0.1:1/v1")
+    assert (describe(api), judge_label(api)) == ("openai judge gpt-x at http://127.0.0.1:1/v1", "gpt-x")
+    assert describe(JudgeConfig(backend="fake")) == "fake judge"
+    assert judge_label(JudgeConfig(backend="replay")) == "replay"
+
+
+def test_a_judge_kind_is_one_registered_object():
+    from eval.judge import JudgeKind, judge_kind, register_kind
+
+    assert set(JUDGE_KINDS) == {"scores", "preference", "alpaca_eval_2", "arena_hard"}
+    with pytest.raises(ValueError, match="registered twice"):
+        register_kind(JUDGE_KINDS["scores"])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        JudgeRequest("rating", "q", "a", "b")
+    with pytest.raises(ValueError, match="answer must be one of"):
+        JudgeKind("rating", answer="stars", prompt="pairwise", system="", placeholders=("q", "a", "b"),
+                  parse=lambda raw: ({}, ""))
+    for kind in JUDGE_KINDS.values():
+        assert judge_kind(kind.name) is kind and kind.choices
+        user = kind.messages("QUESTION-TEXT", "FIRST-ANSWER", "SECOND-ANSWER")[1]
+        assert user.index("QUESTION-TEXT") < user.index("FIRST-ANSWER") < user.index("SECOND-ANSWER"), kind.name
+
+
+def test_openai_backend_uses_azure_conventions_for_an_azure_resource(monkeypatch):
+    import openai
+
+    monkeypatch.setenv("SUPERFILTER_TEST_KEY", "sk-test")
+    cfg = JudgeConfig(backend="openai", api_model="my-deployment", base_url="https://res.openai.azure.com",
+                      api_key_env="SUPERFILTER_TEST_KEY")
+    monkeypatch.delenv("OPENAI_API_VERSION", raising=False)
+    with pytest.raises(Exception, match="OPENAI_API_VERSION"):
+        OpenAIJudge(cfg)
+    monkeypatch.setenv("OPENAI_API_VERSION", "2024-10-21")
+    assert isinstance(OpenAIJudge(cfg).client(), openai.AsyncAzureOpenAI)
+    v1 = JudgeConfig(backend="openai", base_url="https://res.openai.azure.com/openai/v1",
+                     api_key_env="SUPERFILTER_TEST_KEY")
+    client = OpenAIJudge(v1).client()
+    assert not isinstance(client, openai.AsyncAzureOpenAI) and str(client.base_url).startswith(v1.base_url)
+
+
+def test_the_key_is_never_logged(server, monkeypatch, caplog):
+    monkeypatch.setenv("SUPERFILTER_TEST_KEY", "sk-test")
+    with caplog.at_level("DEBUG"):
+        judge_all(_openai_judge(server.url), REQUESTS[:4], [])
+    assert caplog.records and "sk-test" not in caplog.text
+
+
+def test_importing_the_judges_does_not_import_the_arena_hard_module():
+    import subprocess
+    import sys
+
+    code = "import sys, eval.judge; assert 'eval.arena_hard' not in sys.modules, 'eval.judge imports eval.arena_hard'"
+    subprocess.run([sys.executable, "-c", code], check=True)

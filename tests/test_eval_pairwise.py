@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from eval import pairwise
+from eval.commands import pairwise as command
 from eval.judge import JudgeRequest, ReplayJudge, judge_all
-from eval.pairwise import PROMPT_FIELDS, Tally, load_test_set, outcome, parse_scores, tally_reviews
+from eval.metrics import pairwise
+from eval.metrics.pairwise import PROMPT_FIELDS, Tally, load_test_set, outcome, parse_scores, tally_reviews
 
 PROJECT_DATA = Path(__file__).resolve().parents[1] / "data" / "pairwise_test_sets"
 SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
@@ -116,7 +117,7 @@ def test_replay_of_the_gpt35_logs_equals_an_independent_count(shared_data):
 def test_cli_recomputes_wtl_from_review_logs(shared_data, tmp_path, capsys):
     logs = sorted((shared_data / "judge_logs").glob("*_wrap_reviews_gpt3.5.json"))
     chart = tmp_path / "wtl.png"
-    assert pairwise.main([*map(str, logs), "--json", "--plot", str(chart)]) == 0
+    assert command.main([*map(str, logs), "--json", "--plot", str(chart)]) == 0
     result = json.loads(capsys.readouterr().out)
     counts = [_independent_count(json.loads(f.read_text())["data"]) for f in logs]
     assert result["overall"]["win"] == sum(c[0] for c in counts)
@@ -172,6 +173,7 @@ def test_cli_fails_in_one_line_on_a_missing_or_foreign_file(tmp_path, capsys):
     for path, message in [(tmp_path / "missing.json", "missing.json: cannot read review log"),
                           (records, "records.jsonl: cannot read review log"),
                           (not_a_log, "the authors' review log format")]:
-        assert pairwise.main([str(path)]) == 2
+        assert command.main([str(path)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("python -m eval.pairwise: error: ") and message in err and err.count("\n") == 1, err
+        assert err.startswith("python -m eval.commands.pairwise: error: "), err
+        assert message in err and err.count("\n") == 1, err

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from eval import pairwise
 from eval.config import EvalConfig
 from eval.generation import Prompt, generate, model_key, training_template
-from eval.open_llm import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
+from eval.metrics import pairwise
+from eval.open_llm_tasks import hellaswag_records, mmlu_records, run_open_llm, truthfulqa_records
 from eval.settings import GenerationConfig, JudgeConfig
 from eval.stage import eval_stage
 from eval.suites.open_llm import OpenLLMConfig
@@ -88,8 +88,8 @@ def test_lm_eval_runs_leaderboard_tasks_on_local_files(models, tmp_path):
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")
     cfg = OpenLLMConfig(source="local", data_dir=str(PROJECT_DATA / "eval"), mmlu_subjects=["management"])
-    result = run_open_llm(model, tokenizer, cfg, PROJECT_DATA / "eval", limit=2, device="cpu", batch_size=2,
-                          out_dir=tmp_path)
+    result = run_open_llm(model, tokenizer, cfg.tasks, cfg.source, cfg.mmlu_subjects, cfg.share_prefix,
+                          PROJECT_DATA / "eval", limit=2, device="cpu", batch_size=2, out_dir=tmp_path)
     assert set(result["benchmarks"]) == {"hellaswag", "mmlu", "truthfulqa_mc2"}
     assert "arc_challenge" in result["skipped"] and result["limit"] == 2 and result["source"] == "local"
     assert all(0.0 <= b["value"] <= 1.0 for b in result["benchmarks"].values())
@@ -119,7 +119,7 @@ class Recorder(StageRun):
         self.calls.append(("image", name))
 
     def table(self, name, columns, rows) -> None:
-        self.calls.append(("table", len(rows)))
+        self.calls.append(("table", (name, len(rows))))
 
 
 def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
@@ -129,12 +129,14 @@ def test_eval_stage_end_to_end_with_a_fake_judge(models, tmp_path):
     cfg.alpaca_eval.limit = 3
     tracker = Recorder()
     metrics = eval_stage(model_dir, reference_dir, cfg, RuntimeConfig(device="cpu"), out, tracker)
-    assert [c[0] for c in tracker.calls] == ["log", "table", "table", "image"]
-    assert tracker.calls[1][1] == len(SETS) + 1 and tracker.calls[2][1] == 2  # paired: pairwise, alpaca_eval
+    assert [c[0] for c in tracker.calls] == ["log", "table", "table", "table", "table", "image"]
+    tables = dict(c[1] for c in tracker.calls if c[0] == "table")  # name → rows
+    assert {k: v for k, v in tables.items() if k != "paired"} == {  # per set and overall; a row per prompt
+        "pairwise": len(SETS) + 1, "pairwise_samples": 2 * len(SETS), "alpaca_eval_samples": 3}
+    assert tables["paired"] == 2  # the paired comparisons: pairwise and alpaca_eval
     assert metrics["pairwise"]["paired"][0]["n"] == metrics["pairwise"]["n"]
     assert metrics["alpaca_eval"]["paired"][0]["partner"] == "text_davinci_003"
     assert set(tracker.calls[0][1]) == {"pairwise_winning_score", "alpaca_eval_win_rate"}
-
     assert metrics["pairwise"]["n"] + metrics["pairwise"]["unparseable"] == 2 * len(SETS)
     assert 0.0 <= metrics["pairwise"]["winning_score"] <= 2.0 and 0.0 <= metrics["alpaca_eval"]["win_rate"] <= 100
     for name in ("eval/pairwise.json", "eval/alpaca_eval.json", "eval/alpaca_eval/model_outputs.json",
@@ -187,7 +189,7 @@ def test_prefix_sharing_scores_equal_lm_evals_own(models):
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from eval.open_llm import prefix_sharing_lm
+    from eval.open_llm_tasks import prefix_sharing_lm
 
     model_dir, _ = models
     model, tokenizer = load_model(ModelConfig(source="local", path=str(model_dir / "model")), "cpu")

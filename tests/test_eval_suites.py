@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from eval.config import EvalConfig
 from eval.generation import Prompt
 from eval.registry import Context, Prompts, Result, Suite, Table
 from eval.settings import GenerationConfig
-from eval.stage import eval_stage
+from eval.stage import eval_stage, report_columns
 from superfilter.errors import ConfigError
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
@@ -79,20 +78,15 @@ def test_a_suite_registered_elsewhere_runs_in_the_stage(echo_suite, tiny_train_f
     generation = json.loads((out / "eval" / "generation.json").read_text())
     assert generation["model"]["prompts"] == 2 and "reference" not in generation
     assert "echo" in metrics["seconds_by_phase"] and "generation" in metrics["seconds_by_phase"]
+    assert metrics["report_columns"] == {"echo": [["echo share", result["share"]]]}
 
 
 def test_report_columns_come_from_the_registry(echo_suite):
-    import importlib.util
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "experiments" / "report.py"
-    spec = importlib.util.spec_from_file_location("report_for_suites", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["report_for_suites"] = module
-    spec.loader.exec_module(module)
-    columns = module.suite_columns({"echo": {"share": 0.5}, "open_llm": {"average": 0.25},
-                                    "alpaca_eval": {"win_rate": 40.0}, "pairwise": {"skipped": "no partner"}})
-    assert columns == {"AlpacaEval win %": 40.0, "Open LLM avg %": 25.0, "echo share": 0.5}
+    metrics = {"echo": {"share": 0.5}, "open_llm": {"average": 0.25}, "alpaca_eval": {"win_rate": 40.0},
+               "pairwise": {"skipped": "no partner"}}
+    columns = report_columns({name: Result(result={}, metrics=m) for name, m in metrics.items()})
+    assert columns == {"echo": [["echo share", 0.5]], "open_llm": [["Open LLM avg %", 25.0]],
+                       "alpaca_eval": [["AlpacaEval win %", 40.0]]}
 
 
 def test_an_unknown_suite_fails_in_one_line_before_any_model_loads(tmp_path):
@@ -163,6 +157,7 @@ def test_the_partner_model_is_trained_only_for_suites_that_compare_with_it(monke
     monkeypatch.setattr(pipeline, "evaluate", lambda cfg, tiny_train_folder, ref: evaluated.append(ref)
                         or Artifact("eval", "e", tmp_path / "eval", False))
     monkeypatch.setattr(pipeline, "check_eval", lambda eval_cfg: None)
+    monkeypatch.setattr(pipeline, "check_plan", lambda cfg, run: None)  # its walk would call the fakes twice
     cfg = Config(artifact_root=str(tmp_path / "artifacts"))
     cfg.eval.suites, cfg.eval.reference = chosen, reference
     summary = pipeline.run(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import reference_nll
+from eval.commands import reference_nll
 from eval.config import EvalConfig
 from eval.stage import eval_stage
 from eval.suites import reference_nll as suite

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eval.config import EvalConfig
-from eval.open_llm import run_open_llm
+from eval.open_llm_tasks import run_open_llm
 from eval.stage import eval_stage
 from eval.suites import lm_eval as suite
 from eval.suites.lm_eval import LmEvalConfig, LmEvalTask
@@ -74,8 +74,9 @@ def test_open_llm_is_the_lm_eval_suite_with_fixed_entries(tiny_train_folder, tmp
 
     model, tokenizer = load_model(ModelConfig(source="local", path=str(tiny_train_folder / "model")), "cpu")
     data = PROJECT / "data" / "eval"
-    open_llm = run_open_llm(model, tokenizer, OpenLLMConfig(source="local", data_dir=str(data)), data, limit=3,
-                            device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
+    local = OpenLLMConfig(source="local", data_dir=str(data))
+    open_llm = run_open_llm(model, tokenizer, local.tasks, local.source, local.mmlu_subjects, local.share_prefix, data,
+                            limit=3, device="cpu", batch_size=1, out_dir=tmp_path / "open_llm")
     cfg = _cfg(LmEvalTask("hellaswag", num_fewshot=10), LmEvalTask("truthfulqa_mc2", num_fewshot=0),
                LmEvalTask("mmlu_local", num_fewshot=5), source="local", limit=3)
     lm_eval = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "b.partial")["lm_eval"]
@@ -256,3 +257,129 @@ def test_math500_verify_local_runs_in_the_stage(tiny_train_folder, tmp_path):
     cfg = _cfg(LmEvalTask("math500_verify_local", limit=2, gen_kwargs={"max_gen_toks": 8}))
     result = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "m.partial")["lm_eval"]["math500_verify_local"]
     assert result["metric"] == "math_verify,none" and result["n"] == 2
+
+
+def test_chat_messages_render_in_the_training_template_exactly_as_training_does():
+    from eval.harness import render_chat
+    from superfilter.prompts import VICUNA_SYSTEM, generation_prompt
+
+    tokenizer = type("Tokenizer", (), {"eos_token": "</s>"})()
+    shots = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}]
+    question = [{"role": "user", "content": "Q2"}]
+    assert render_chat(question, True, "vicuna_v1.1", tokenizer) == f"{VICUNA_SYSTEM} USER: Q2 ASSISTANT:"
+    assert render_chat([{"role": "system", "content": "Be brief."}, *shots, *question], True, "vicuna_v1.1",
+                       tokenizer) == "Be brief. USER: Q1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:"
+    # A final assistant message (lm-eval's gen_prefix) is continued, with the template's separator and no EOS.
+    assert render_chat([*question, {"role": "assistant", "content": "The answer is"}], False, "vicuna_v1.1",
+                       tokenizer) == f"{VICUNA_SYSTEM} USER: Q2 ASSISTANT: The answer is"
+    assert render_chat(question, True, "alpaca", tokenizer) == generation_prompt("Q2", "alpaca", tokenizer)
+    with pytest.raises(ConfigError, match="multi-turn"):  # fewshot_as_multiturn needs a multi-turn template
+        render_chat([*shots, *question], True, "alpaca", tokenizer)
+    with pytest.raises(ConfigError, match="cannot be rendered in the vicuna_v1.1 template"):
+        render_chat([{"role": "assistant", "content": "A"}], True, "vicuna_v1.1", tokenizer)
+
+
+@pytest.mark.slow
+def test_apply_chat_template_renders_lm_eval_prompts_in_the_training_template(tiny_train_folder, tmp_path,
+                                                                              monkeypatch):
+    from eval import harness
+
+    rendered = []
+    real = harness.render_chat
+    monkeypatch.setattr(harness, "render_chat", lambda *args: rendered.append(real(*args)) or rendered[-1])
+    cfg = _cfg(LmEvalTask("gsm8k_local", num_fewshot=1, limit=1, apply_chat_template=True,
+                          gen_kwargs={"max_gen_toks": 4}))
+    out = tmp_path / "eval" / "t.partial"
+    _stage(tiny_train_folder, cfg, out)
+    (entry,) = json.loads((out / "eval" / "lm_eval.json").read_text())["tasks"]
+    assert entry["prompt_format"] == "alpaca"  # what the tiny model was trained with
+    assert rendered and all(r.startswith("Below is an instruction") and r.endswith("### Response:") for r in rendered)
+    assert "Question:" in rendered[-1]
+
+
+def test_the_code_execution_gate_is_open_exactly_while_allowed_lm_eval_runs(monkeypatch):
+    import lm_eval
+
+    from eval import harness
+
+    seen = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: seen.append(
+        (os.environ.get(harness.CODE_EVAL_GATE), kwargs["confirm_run_unsafe_code"])) or {})
+    monkeypatch.setenv(harness.CODE_EVAL_GATE, "1")  # set by the user's shell: not an opt-in
+    harness.evaluate(None, ["humaneval"], None)
+    assert os.environ[harness.CODE_EVAL_GATE] == "1"  # restored afterwards
+    monkeypatch.delenv(harness.CODE_EVAL_GATE)
+    harness.evaluate(None, ["humaneval"], None, allow_code_execution=True)
+    assert harness.CODE_EVAL_GATE not in os.environ
+    assert seen == [(None, False), ("1", True)]
+
+
+class GatedCodeEval:
+    """Stands in for HF evaluate's Hub-hosted `code_eval` metric (unreachable offline), with its gate: it refuses to
+    run anything unless HF_ALLOW_CODE_EVAL=1, then runs each candidate with its test in a subprocess."""
+
+    def compute(self, references, predictions, k):
+        if os.environ.get("HF_ALLOW_CODE_EVAL") != "1":
+            raise ValueError("code_eval: set HF_ALLOW_CODE_EVAL=1 to run untrusted code")
+        passed = []
+        for test, candidates in zip(references, predictions, strict=True):
+            done = subprocess.run([sys.executable, "-c", f"{candidates[0]}\n{test}\n"], capture_output=True,
+                                  timeout=10, env={"PATH": os.environ.get("PATH", "")})
+            passed.append(done.returncode == 0)
+        return {f"pass@{k[0]}": sum(passed) / len(passed)}, {}
+
+
+@pytest.mark.slow
+def test_lm_evals_own_humaneval_runs_once_execution_is_allowed(tiny_train_folder, tmp_path, monkeypatch):
+    """lm-eval's `humaneval` task (its YAML and utils, which load code_eval when the task loads) runs in the stage:
+    the project opens HF_ALLOW_CODE_EVAL for it. Data: the shipped HumanEval slice, served as the Hub dataset."""
+    import gzip
+
+    import datasets
+    import evaluate
+
+    with gzip.open(PROJECT / "data" / "eval" / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda path=None, name=None, **kw: datasets.DatasetDict(
+        {"test": datasets.Dataset.from_list(rows)}) if path == "openai/openai_humaneval" else real(path, name, **kw))
+    monkeypatch.setattr(evaluate, "load", lambda name, *a, **kw: GatedCodeEval())
+    monkeypatch.setattr("eval.harness.hub_reachable", lambda timeout_s=3.0: True)
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    cfg = _cfg(LmEvalTask("humaneval", limit=2, gen_kwargs={"max_gen_toks": 8}), allow_code_execution=True)
+    result = _stage(tiny_train_folder, cfg, tmp_path / "eval" / "h.partial")["lm_eval"]["humaneval"]
+    assert result["metric"] == "pass@1,create_test" and result["value"] == 0.0 and result["n"] == 2
+    assert "HF_ALLOW_CODE_EVAL" not in os.environ
+
+
+def _preset_tasks() -> dict[str, list[str]]:
+    """Every lm-eval task named by a conf preset (eval groups and experiments): file → task names."""
+    import yaml
+
+    found: dict[str, list[str]] = {}
+    presets = [*(PROJECT / "conf" / "eval").glob("*.yaml"), *(PROJECT / "conf" / "experiment").rglob("*.yaml")]
+    for path in sorted(presets):
+        data = yaml.safe_load(path.read_text()) or {}
+        section = (data.get("eval") or {}).get("lm_eval") or data.get("lm_eval") or {}
+        tasks = [entry["task"] for entry in section.get("tasks") or []]
+        if tasks:
+            found[str(path.relative_to(PROJECT))] = tasks
+    return found
+
+
+def test_the_presets_name_lm_eval_tasks():
+    expected = {"conf/eval/lm_eval.yaml", "conf/experiment/bench/math.yaml", "conf/experiment/bench/medical.yaml"}
+    assert expected <= set(_preset_tasks())
+
+
+@pytest.mark.slow
+def test_every_lm_eval_task_a_preset_names_exists_in_the_installed_lm_eval():
+    """pyproject pins lm-eval to a release with all of them; the open_llm suite's Hub tasks are checked too."""
+    from eval.harness import HUB_TASKS, known_tasks, version
+    from eval.open_llm_tasks import BENCHMARKS
+
+    known = set(known_tasks())
+    named = {**_preset_tasks(), "eval/open_llm_tasks.py": [b.hub_task for b in BENCHMARKS.values()]}
+    missing = {path: [t for t in tasks if not (suite.is_local(t) or t in HUB_TASKS or t in known)]
+               for path, tasks in named.items()}
+    assert {path: tasks for path, tasks in missing.items() if tasks} == {}, f"lm-eval {version()}"

@@ -17,6 +17,7 @@ import torch
 
 from superfilter.data import DataConfig, Example, load_examples, write_examples
 from superfilter.errors import UserError
+from superfilter.launch import free_port, rank_env, release_followers
 from superfilter.models import ModelConfig, build_tiny_model, load_model
 from superfilter.prompts import scoring_prompt
 from superfilter.runtime import RuntimeConfig
@@ -35,6 +36,7 @@ from superfilter.scoring import (
     score_stage,
     token_budget_batches,
 )
+from superfilter.scoring.launcher import WORKER_JOB_FILE
 from superfilter.tracking import StageRun
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -408,3 +410,37 @@ def test_two_cpu_processes_equal_one(model_dirs, tmp_path: Path) -> None:
     assert metrics["n_processes"] == 2 and metrics["records_scored_this_run"] == len(examples)
     pd.testing.assert_frame_equal(pd.read_parquet(one / "scores.parquet"), pd.read_parquet(two / "scores.parquet"),
                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_two_nodes_score_like_one_process_and_a_lost_nodes_shards_are_rescored(model_dirs, tmp_path: Path) -> None:
+    examples = fixture_examples()
+    write_examples(examples, tmp_path / "examples.jsonl")
+    spec, cfg = local_spec(model_dirs["gpt2"]), ScoreConfig(max_length=128, shard_size=8)
+    one, two = tmp_path / "one", tmp_path / "two"
+    score_stage(tmp_path / "examples.jsonl", spec, cfg, RuntimeConfig(device="cpu"), one, StageRun(None, "score"))
+    port = free_port()
+    # Node 1, as `python -m superfilter.launch` runs on a second host: it starts its ranks of node 0's launches.
+    follower = subprocess.Popen([sys.executable, "-m", "superfilter.launch", "--num-nodes", "2", "--node-rank", "1",
+                                 "--master-addr", "127.0.0.1", "--master-port", str(port)],
+                                cwd=PROJECT_ROOT, env=rank_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    nodes = RuntimeConfig(device="cpu", num_nodes=2, node_rank=0, master_addr="127.0.0.1", master_port=port)
+    try:
+        metrics = score_stage(tmp_path / "examples.jsonl", spec, cfg, nodes, two, StageRun(None, "score"))
+    finally:
+        release_followers(nodes)
+    assert follower.wait(timeout=120) == 0, follower.stderr.read().decode()[-3000:]
+    assert metrics["n_processes"] == 2 and metrics["records_scored_this_run"] == len(examples)
+    expected = pd.read_parquet(one / "scores.parquet")
+    pd.testing.assert_frame_equal(expected, pd.read_parquet(two / "scores.parquet"), rtol=1e-6, atol=1e-7)
+
+    # Node 1 dies: its shards never get their markers. A rerun (here on one process) scores exactly those again.
+    node1_shards = json.loads((two / "shards" / WORKER_JOB_FILE).read_text())["assignment"][1]
+    layout = json.loads((two / "shards" / "layout.json").read_text())["shards"]
+    assert node1_shards
+    for shard in node1_shards:
+        marker_path(two / "shards", shard).unlink()
+    rerun = score_stage(tmp_path / "examples.jsonl", spec, cfg, RuntimeConfig(device="cpu"), two,
+                        StageRun(None, "score"))
+    assert rerun["records_scored_this_run"] == sum(len(layout[s]) for s in node1_shards)
+    pd.testing.assert_frame_equal(expected, pd.read_parquet(two / "scores.parquet"), rtol=1e-6, atol=1e-7)

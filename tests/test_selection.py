@@ -255,7 +255,7 @@ def run_stage(tmp_path: Path, cfg: SelectConfig, ratio: float) -> tuple[dict, li
 def test_stage_writes_records_with_scores_and_metrics(tmp_path: Path) -> None:
     metrics, records = run_stage(tmp_path, SelectConfig(name="superfilter"), 0.2)
     assert metrics["count"] == len(records) == metrics["requested"] == 10
-    ifds = [r["scores"]["ifd"] for r in records]
+    ifds = [r["ifd"] for r in records]
     assert ifds == sorted(ifds, reverse=True) and max(ifds) < 1.0
     assert metrics["subset"]["ifd"]["max"] == max(ifds) and metrics["n_unscored"] == 3
     assert {"response_chars", "instruction_chars", "share_with_input"} <= set(metrics["pool"])
@@ -277,7 +277,7 @@ def test_superfilter_d_end_to_end_on_the_tiny_fixture(tmp_path: Path, embedder: 
     metrics, records = run_stage(tmp_path, diverse_config(embedder), 0.1)
     assert metrics["count"] == len(records) == 5
     assert metrics["pool_size"] == 20 and metrics["similarity_mode"] == "dense"
-    assert all(math.isfinite(r["scores"]["ifd"]) and r["scores"]["ifd"] < 1.0 for r in records)
+    assert all(math.isfinite(r["ifd"]) and r["ifd"] < 1.0 for r in records)
     (tmp_path / "again").mkdir()
     _, again = run_stage(tmp_path / "again", diverse_config(embedder), 0.1)
     assert [r["id"] for r in again] == [r["id"] for r in records]

@@ -6,12 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train.sft as sft
+import train.loss as loss_module
 from superfilter.data import Example
 from superfilter.models import ModelConfig, build_tiny_tokenizer, load_model
-from train.collate import IGNORE, encode_all, pack_batch, pad_batch
+from superfilter.tokenized import IGNORE
+from train.collate import encode_all, pack_batch, pad_batch
 from train.config import LoraSettings, TrainConfig
-from train.sft import make_trainable, token_loss_sum
+from train.lora import keep_adapter_inputs_in_half, make_trainable
+from train.loss import FrozenHeadLoss, causal_lm, token_loss_sum
 
 RECORDS = [Example.create(f"Give {i} tips for staying healthy.", "" if i % 2 else "at home",
                           "Eat a balanced diet, exercise regularly and sleep well. " * (1 + i % 3)) for i in range(6)]
@@ -32,7 +34,7 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("packing", [True, False])
 def test_frozen_head_loss_equals_full_logits(monkeypatch, arch: str, packing: bool) -> None:
-    monkeypatch.setattr(sft, "head_chunk", lambda vocab: 7)  # several chunks, the last one partial
+    monkeypatch.setattr(loss_module, "head_chunk", lambda vocab: 7)  # several chunks, the last one partial
     tokenizer = build_tiny_tokenizer(adds_bos=arch == "llama")
     base, _ = load_model(ModelConfig(source="tiny", path=arch), "cpu", for_training=True)
     encoded, _ = encode_all(RECORDS, "alpaca", tokenizer, 512, "truncate")
@@ -51,7 +53,7 @@ def test_frozen_head_loss_equals_full_logits(monkeypatch, arch: str, packing: bo
     for name in plain_grads:
         torch.testing.assert_close(chunked_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     assert any(g.abs().sum() > 0 for g in chunked_grads.values())
-    assert isinstance(sft.causal_lm(model).get_output_embeddings(), torch.nn.Linear)  # the head is put back
+    assert isinstance(causal_lm(model).get_output_embeddings(), torch.nn.Linear)  # the head is put back
 
 
 def test_trainable_head_takes_the_plain_path() -> None:
@@ -66,13 +68,13 @@ def test_trainable_head_takes_the_plain_path() -> None:
 
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
 def test_frozen_head_loss_matches_autograd_and_mixes_dtypes(monkeypatch, weight_dtype: torch.dtype) -> None:
-    monkeypatch.setattr(sft, "head_chunk", lambda vocab: 5)
+    monkeypatch.setattr(loss_module, "head_chunk", lambda vocab: 5)
     torch.manual_seed(0)
     hidden = torch.randn(13, 8, requires_grad=True)  # fp32, as a LoRA output beside a bf16 base
     weight, bias = torch.randn(50, 8).to(weight_dtype), torch.randn(50).to(weight_dtype)
     targets = torch.randint(0, 50, (13,))
     targets[[2, 9]] = IGNORE
-    loss = sft.FrozenHeadLoss.apply(hidden, weight, bias, targets)
+    loss = FrozenHeadLoss.apply(hidden, weight, bias, targets)
     (grad,) = torch.autograd.grad(loss * 2.0, hidden)
     reference_hidden = hidden.detach().clone().requires_grad_(True)
     logits = F.linear(reference_hidden.to(weight_dtype), weight, bias).float()
@@ -108,7 +110,7 @@ def test_adapter_inputs_stay_in_half_precision_under_autocast() -> None:
                 p.normal_(std=0.02)
     model.train()
     cast_bytes, cast_loss = saved_bytes(model, batch)
-    sft.keep_adapter_inputs_in_half(model)
+    keep_adapter_inputs_in_half(model)
     half_bytes, half_loss = saved_bytes(model, batch)
     assert half_bytes < cast_bytes  # no fp32 copies of the adapters' inputs kept for backward
     torch.testing.assert_close(half_loss, cast_loss, rtol=1e-3, atol=1e-3)  # the matmuls ran in bf16 either way

@@ -22,13 +22,13 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)  # empty = the architecture's defaults (train/sft.py)
+    target_modules: list[str] = field(default_factory=list)  # empty = the architecture's defaults (train/lora.py)
 
 
 @dataclass
 class TrainConfig:
     # Labels and settings that change speed or bookkeeping, never the trained weights: left out of the key.
-    # micro_batch_size and packing are exact rewrites of the same global-batch mean loss (see train/collate.py).
+    # micro_batch_size and packing are exact rewrites of the same global-batch mean loss (see train/step.py).
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
         "name", "micro_batch_size", "packing", "pad_to_multiple_of", "gradient_checkpointing", "save_steps",
         "keep_checkpoints", "accelerate_config",

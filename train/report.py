@@ -7,6 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure  # a bare Figure draws with Agg: no pyplot, no display backend
+
+from superfilter.artifacts import write_jsonl
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -23,9 +27,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the rows of steps ≤ last_step: the steps after the checkpoint are trained (and logged) again."""
     rows = [r for r in read_metrics(path) if r["step"] <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_jsonl(path, rows)
 
 
 def append_metrics(path: Path, row: dict[str, Any]) -> None:
@@ -35,13 +37,9 @@ def append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 
 def plot_loss(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
     ax.plot(steps, [r["loss"] for r in rows], marker="." if len(rows) < 50 else None, label="loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean response-token loss")
@@ -52,7 +50,6 @@ def plot_loss(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,73 +1,30 @@
-"""What every judge shares: requests and prompts, annotations and how replies are read, the cache, the registry."""
+"""What every judge shares: requests, annotations and how replies are read, the cache, the backends' registry."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from eval.cache import JsonlCache
-from eval.pairwise import parse_scores
+from eval.judge.kinds import judge_kind
 from eval.settings import JudgeConfig
 from superfilter.artifacts import canonical_json
 from superfilter.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-# scores: two 1-10 scores (pairwise) | preference: which of two outputs is better, a or b (AlpacaEval 1 protocol) |
-# alpaca_eval_2: the weighted_alpaca_eval_gpt4_turbo prompt, m or M | arena_hard: Arena-Hard-Auto's verdict label.
-KINDS = ("scores", "preference", "alpaca_eval_2", "arena_hard")
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "judge_prompts"
-# A preference reply names one output: "a", "(b)", "Output (a)", ...
-PREFERENCE_REPLY = re.compile(r"^\W*(?:output\s*)?\(?\s*([ab])\s*\)?(?:\W|$)", re.IGNORECASE)
-# alpaca_eval's model identifiers: "m" names output_1 (shown first), "M" output_2.
-ALPACA_EVAL_2_TOKENS = ("m", "M")
-# Arena-Hard-Auto v0.1's verdict patterns (arena-hard-v0.1.yaml) and the labels its show_result.py scores.
-ARENA_HARD_PATTERNS = (r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]")
-ARENA_HARD_VERDICTS = ("A>>B", "A>B", "A=B", "A<B", "A<<B", "B>>A", "B>A", "B=A", "B<A", "B<<A")
-# What the openai backend sends for each kind beyond the configured model: the official settings where there are some.
-KIND_API: dict[str, dict[str, Any]] = {
-    "scores": {},
-    "preference": {"max_tokens": 8, "logprobs": True, "top_logprobs": 5},
-    # weighted_alpaca_eval_gpt4_turbo/configs.yaml: one token, its top-5 log-probabilities, temperature 1.
-    "alpaca_eval_2": {"max_tokens": 1, "temperature": 1.0, "logprobs": True, "top_logprobs": 5},
-    # arena-hard-v0.1.yaml: temperature 0, up to 4096 tokens (the judge writes its own answer before the verdict).
-    "arena_hard": {"max_tokens": 4096, "temperature": 0.0},
-}
-SMALL_JUDGE_NOTE = (
-    "judged by a small local model, not GPT-4: a smoke test of the protocol, not comparable to the paper's numbers"
-)
-
 
 class JudgeError(UserError):
     """Judge requests that could not be answered (after bounded retries), or a judge that cannot run."""
 
 
-@functools.cache
-def judge_prompt(name: str) -> str:
-    return (PROMPT_DIR / f"{name}.txt").read_text().strip()
-
-
-def _chatml_messages(template: str, values: dict[str, str]) -> tuple[str, str]:
-    """Fill an alpaca_eval prompt template and split it into (system, user) exactly as alpaca_eval does: each
-    placeholder's first occurrence replaced in turn (utils.make_prompts), then utils.prompt_to_chatml."""
-    for name in dict.fromkeys(re.findall(r"{([^ \s]+?)}", template)):
-        template = template.replace("{" + name + "}", values[name], 1)
-    turns = {}
-    for part in template.strip().split("<|im_start|>")[1:]:
-        role, content = part.split("\n", 1)
-        turns[role.strip()] = content.split("<|im_end|>", 1)[0].strip()
-    return turns["system"], turns["user"]
-
-
 @dataclass(frozen=True)
 class JudgeRequest:
-    kind: str
+    kind: str  # a registered JudgeKind (eval/judge/kinds.py)
     question: str
     answer_1: str  # shown first ("Assistant 1" / "Output (a)" / model "m" / "Assistant A")
     answer_2: str
@@ -76,22 +33,11 @@ class JudgeRequest:
     order: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"judge request kind must be one of {KINDS}, got {self.kind!r}")
+        judge_kind(self.kind)
 
     def messages(self) -> tuple[str, str]:
         """(system, user) text of the judge prompt for this request."""
-        if self.kind == "alpaca_eval_2":
-            return _chatml_messages(judge_prompt("alpaca_eval_2"), {
-                "instruction": self.question, "output_1": self.answer_1, "output_2": self.answer_2})
-        if self.kind == "arena_hard":
-            # str.format on the template only, as gen_judgment.py does: braces inside the answers are left alone.
-            user = judge_prompt("arena_hard").format(QUESTION=self.question, ANSWER_A=self.answer_1,
-                                                     ANSWER_B=self.answer_2)
-            return judge_prompt("arena_hard_system"), user
-        template = "pairwise" if self.kind == "scores" else "preference"
-        user = judge_prompt(template).format(question=self.question, answer_1=self.answer_1, answer_2=self.answer_2)
-        return judge_prompt(f"{template}_system"), user
+        return judge_kind(self.kind).messages(self.question, self.answer_1, self.answer_2)
 
 
 @dataclass
@@ -112,38 +58,10 @@ class Annotation:
         return not self.error
 
 
-def arena_hard_verdict(judgment: str, patterns: Sequence[str] = ARENA_HARD_PATTERNS) -> str | None:
-    """The last verdict of the first pattern that matches the upper-cased judgment [gen_judgment.py's get_score]."""
-    for pattern in patterns:
-        matches = [m for m in re.findall(pattern, judgment.upper()) if m != ""]
-        if matches:
-            return matches[-1].strip("\n")
-    return None
-
-
 def parse_reply(key: str, kind: str, raw: str, **usage: Any) -> Annotation:
-    """Read a text reply: two scores on the first line, the letter (identifier) of the better output, or a verdict."""
-    first_line = raw.split("\n", 1)[0].strip()
-    if kind == "scores":
-        scores = parse_scores(raw)
-        if scores is None:
-            return Annotation(key, kind, raw, error=f"first line is not two scores: {first_line[:80]!r}", **usage)
-        return Annotation(key, kind, raw, scores=list(scores), **usage)
-    if kind == "arena_hard":
-        verdict = arena_hard_verdict(raw)
-        if verdict not in ARENA_HARD_VERDICTS:
-            reason = "no [[verdict]] label" if verdict is None else f"verdict {verdict!r} is not a known label"
-            return Annotation(key, kind, raw, error=reason, **usage)
-        return Annotation(key, kind, raw, verdict=verdict, **usage)
-    if kind == "alpaca_eval_2":
-        token = raw.strip()
-        if token not in ALPACA_EVAL_2_TOKENS:
-            return Annotation(key, kind, raw, error=f"reply is neither m nor M: {first_line[:80]!r}", **usage)
-        return Annotation(key, kind, raw, p_second=float(token == "M"), **usage)
-    match = PREFERENCE_REPLY.match(first_line)
-    if match is None:
-        return Annotation(key, kind, raw, error=f"reply names neither a nor b: {first_line[:80]!r}", **usage)
-    return Annotation(key, kind, raw, p_second=1.0 if match.group(1).lower() == "b" else 0.0, **usage)
+    """Read a text reply with its kind's parser: two scores on the first line, an output's identifier, a verdict."""
+    fields, error = judge_kind(kind).parse(raw)
+    return Annotation(key, kind, raw, error=error, **fields, **usage)
 
 
 OnResult = Callable[[int, Annotation], None]
@@ -231,28 +149,57 @@ def judge_all(judge: Judge, requests: Sequence[JudgeRequest], caches: Sequence[A
     return annotations, summary
 
 
-def judge_label(cfg: JudgeConfig) -> str:
-    """The judge's name in file names and leaderboards: the API model, the local model's name, or the backend."""
-    return {"openai": cfg.api_model, "hf": cfg.model.name}.get(cfg.backend, cfg.backend)
-
-
 JudgeFactory = Callable[[JudgeConfig, str], Judge]  # (config, device)
-JUDGES: dict[str, JudgeFactory] = {}
+Describe = Callable[[JudgeConfig], str]
 
 
-def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
+@dataclass(frozen=True)
+class JudgeBackend:
+    """A registered backend: how to build its judge, and how to name and describe that judge in files and reports."""
+
+    name: str
+    factory: JudgeFactory
+    label: Describe | None = None  # the judge's name in file names and leaderboards; None: the backend's name
+    note: Describe | None = None  # one line for reports; None: "<backend> judge"
+
+    def judge_label(self, cfg: JudgeConfig) -> str:
+        return self.label(cfg) if self.label is not None else self.name
+
+    def describe(self, cfg: JudgeConfig) -> str:
+        return self.note(cfg) if self.note is not None else f"{self.name} judge"
+
+
+JUDGES: dict[str, JudgeBackend] = {}
+
+
+def register_judge(name: str, *, label: Describe | None = None, note: Describe | None = None
+                   ) -> Callable[[JudgeFactory], JudgeFactory]:
     """Add a backend under `name` (the value of eval.judge.backend); one module per backend registers itself."""
 
     def add(factory: JudgeFactory) -> JudgeFactory:
         if name in JUDGES:
             raise ValueError(f"judge backend {name!r} is registered twice")
-        JUDGES[name] = factory
+        JUDGES[name] = JudgeBackend(name, factory, label, note)
         return factory
 
     return add
 
 
-def make_judge(cfg: JudgeConfig, device: str = "cpu") -> Judge:
+def judge_backend(cfg: JudgeConfig) -> JudgeBackend:
     if cfg.backend not in JUDGES:
         raise ConfigError(f"eval.judge.backend: unknown {cfg.backend!r}; choose from {sorted(JUDGES)}")
-    return JUDGES[cfg.backend](cfg, device)
+    return JUDGES[cfg.backend]
+
+
+def make_judge(cfg: JudgeConfig, device: str = "cpu") -> Judge:
+    return judge_backend(cfg).factory(cfg, device)
+
+
+def judge_label(cfg: JudgeConfig) -> str:
+    """The judge's name in file names and leaderboards: the API model, the local model's name, or the backend."""
+    return judge_backend(cfg).judge_label(cfg)
+
+
+def describe(cfg: JudgeConfig) -> str:
+    """One line naming the judge for reports, with the caveat its results need (a small local judge's)."""
+    return judge_backend(cfg).describe(cfg)

@@ -6,17 +6,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from eval.judge.base import JudgeRequest, OnResult, parse_reply, register_judge
+from eval.judge.kinds import judge_kind
 from eval.settings import JudgeConfig
 
 
 def length_reply(request: JudgeRequest) -> str:
     """Prefers the longer answer: a stand-in with a known, checkable behaviour."""
+    kind = judge_kind(request.kind)
     first, second = len(request.answer_1), len(request.answer_2)
-    if request.kind == "preference":
-        return "b" if second > first else "a"
-    if request.kind == "alpaca_eval_2":
-        return "M" if second > first else "m"
-    if request.kind == "arena_hard":
+    if kind.answer == "p_second":
+        return kind.choices[1] if second > first else kind.choices[0]
+    if kind.answer == "verdict":
         if first == second:
             return "Both are the same length.\n\nMy final verdict is tie: [[A=B]]"
         strong = max(first, second) > 2 * min(first, second)

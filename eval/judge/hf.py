@@ -8,21 +8,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from eval.judge.base import (
-    ALPACA_EVAL_2_TOKENS,
-    Annotation,
-    JudgeError,
-    JudgeRequest,
-    OnResult,
-    register_judge,
-)
+import torch
+
+from eval.judge.base import Annotation, JudgeError, JudgeRequest, OnResult, register_judge
+from eval.judge.kinds import JudgeKind, judge_kind
 from eval.lm import forward_tail
 from eval.settings import JudgeConfig
+from superfilter.models import load_model
 
-SCORE_VALUES = tuple(range(1, 11))
-# Arena-Hard's judge reasons before its verdict; a small local model is asked for the verdict directly, after this.
-ARENA_HARD_VERDICT_PREFIX = "My final verdict is: [["
-ARENA_HARD_LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")  # the five the official prompt offers
+SMALL_JUDGE_NOTE = (
+    "judged by a small local model, not GPT-4: a smoke test of the protocol, not comparable to the paper's numbers"
+)
 
 
 @dataclass
@@ -75,46 +71,44 @@ class HFJudge:
 
     def _load(self) -> None:
         if self.model is None:
-            from superfilter.models import load_model
-
             self.model, self.tokenizer = load_model(self.cfg.model, self.device)
 
     def annotate(self, requests: Sequence[JudgeRequest], keys: Sequence[str], on_result: OnResult) -> None:
-        import torch
-
         self._load()
         with torch.inference_mode():
             for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
                 on_result(i, self._annotate_one(request, key))
 
     def _annotate_one(self, request: JudgeRequest, key: str) -> Annotation:
-        prefix = self._prefix(self._fit(request))
-        if request.kind == "arena_hard":
-            prefix += ARENA_HARD_VERDICT_PREFIX
+        kind = judge_kind(request.kind)
+        prefix = self._prefix(self._fit(request)) + kind.reply_opening
         ids = self._encode(prefix)
         root, cache = forward_tail(self.model, [ids])
-        if request.kind in ("preference", "alpaca_eval_2"):
+        p = self._candidate_probs(prefix, ids, root[0, -1], cache, [c + kind.choice_end for c in kind.choices])
+        if kind.answer == "p_second":
             # The expected preference: P(second) renormalised over the two identifiers (AlpacaEval 2's weighting).
-            names = ["a", "b"] if request.kind == "preference" else list(ALPACA_EVAL_2_TOKENS)
-            p = self._candidate_probs(prefix, ids, root[0, -1], cache, names)
-            return Annotation(key, request.kind, f"P({names[0]})={p[0]:.4f} P({names[1]})={p[1]:.4f}", p_second=p[1])
-        if request.kind == "arena_hard":
-            p = self._candidate_probs(prefix, ids, root[0, -1], cache, [f"{v}]]" for v in ARENA_HARD_LABELS])
-            best = ARENA_HARD_LABELS[max(range(len(p)), key=p.__getitem__)]
-            probs = ", ".join(f"{v}: {x:.4f}" for v, x in zip(ARENA_HARD_LABELS, p, strict=True))
-            return Annotation(key, request.kind, f"{ARENA_HARD_VERDICT_PREFIX}{best}]]\nP(verdict) = {{{probs}}}",
+            first, second = kind.choices
+            return Annotation(key, kind.name, f"P({first})={p[0]:.4f} P({second})={p[1]:.4f}", p_second=p[1])
+        if kind.answer == "verdict":
+            best = kind.choices[max(range(len(p)), key=p.__getitem__)]
+            probs = ", ".join(f"{v}: {x:.4f}" for v, x in zip(kind.choices, p, strict=True))
+            return Annotation(key, kind.name, f"{kind.reply_opening}{best}{kind.choice_end}\nP(verdict) = {{{probs}}}",
                               verdict=best)
-        first = self._candidate_probs(prefix, ids, root[0, -1], cache, [str(v) for v in SCORE_VALUES])
-        # The second score is read after the most likely first score, as the judge would have written it.
-        best = str(SCORE_VALUES[max(range(len(first)), key=first.__getitem__)])
+        return self._second_score(kind, key, prefix, ids, cache, p)
+
+    def _second_score(self, kind: JudgeKind, key: str, prefix: str, ids: list[int], cache: Any, first: list[float]
+                      ) -> Annotation:
+        """Both expected scores: the second is read after the most likely first score, as the judge would have
+        written it, then a space."""
+        best = kind.choices[max(range(len(first)), key=first.__getitem__)]
         extra = self._continuation(prefix, ids, best)
         after, cache = forward_tail(self.model, [extra], copy.deepcopy(cache))
         second = self._candidate_probs(prefix + best, ids + extra, after[0, -1], cache,
-                                       [f" {v}" for v in SCORE_VALUES])
-        s1, s2 = _expected(first), _expected(second)
+                                       [f" {c}" for c in kind.choices])
+        s1, s2 = _expected(kind, first), _expected(kind, second)
         raw = (f"{s1:.4f} {s2:.4f}\nexpected scores over the score tokens' probabilities; "
                f"P(first)={[round(x, 4) for x in first]} P(second)={[round(x, 4) for x in second]}")
-        return Annotation(key, "scores", raw, scores=[s1, s2])
+        return Annotation(key, kind.name, raw, scores=[s1, s2])
 
     def _prefix(self, request: JudgeRequest) -> str:
         """The judge prompt up to where its reply starts (the chat template's assistant turn, when it has one)."""
@@ -149,8 +143,6 @@ class HFJudge:
         `next_token` is the log-distribution after `ids`, whose keys/values are in `cache`; a multi-token candidate
         (e.g. "10" = "1" "0") costs one short extra pass from a copy of the cache.
         """
-        import torch
-
         trie = _Trie([tuple(self._continuation(text, ids, c)) for c in candidates])
         dists: dict[tuple[int, ...], Any] = {(): next_token}
         for chain in trie.runs:
@@ -169,10 +161,18 @@ class HFJudge:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _expected(probs: Sequence[float]) -> float:
-    return float(sum(p * v for p, v in zip(probs, SCORE_VALUES, strict=True)))
+def _expected(kind: JudgeKind, probs: Sequence[float]) -> float:
+    return float(sum(p * int(v) for p, v in zip(probs, kind.choices, strict=True)))
 
 
-@register_judge("hf")
+def _label(cfg: JudgeConfig) -> str:
+    return cfg.model.name
+
+
+def _note(cfg: JudgeConfig) -> str:
+    return f"hf judge {cfg.model.name}: {SMALL_JUDGE_NOTE}"
+
+
+@register_judge("hf", label=_label, note=_note)
 def _hf(cfg: JudgeConfig, device: str) -> HFJudge:
     return HFJudge(cfg, device)

@@ -1,27 +1,37 @@
-"""The openai judge: any OpenAI-compatible chat-completions endpoint, with bounded retries and token/cost accounting."""
+"""The openai judge: any OpenAI-compatible chat-completions endpoint, through the official SDK, with cost accounting."""
 
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
-from eval.judge.base import KIND_API, Annotation, JudgeError, JudgeRequest, OnResult, parse_reply, register_judge
+from eval.judge.base import Annotation, JudgeError, JudgeRequest, OnResult, parse_reply, register_judge
+from eval.judge.kinds import judge_kind
 from eval.settings import JudgeConfig
 from superfilter.errors import ConfigError
 
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 MAX_BACKOFF_S = 60.0
+# The SDK refuses to run without a key; an endpoint that needs none (a local server) is sent this one.
+NO_KEY = "EMPTY"
 
 
 class _GaveUp(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _is_azure(base_url: str) -> bool:
+    """An Azure OpenAI resource addressed the classic way (deployments, api-version), not by its OpenAI-style /v1."""
+    parts = urlsplit(base_url)
+    return (parts.hostname or "").endswith(".openai.azure.com") and "/openai/v1" not in parts.path
 
 
 class OpenAIJudge:
@@ -32,10 +42,14 @@ class OpenAIJudge:
         self.retries: Counter[str] = Counter()
         self.http_requests = 0
         self.failed = 0
+        self.azure = _is_azure(cfg.base_url)
         self.api_key = os.environ.get(cfg.api_key_env, "")
-        if not self.api_key and "api.openai.com" in cfg.base_url:
+        if not self.api_key and ("api.openai.com" in cfg.base_url or self.azure):
             raise ConfigError(f"eval.judge.backend=openai: set the environment variable {cfg.api_key_env} "
                               "(or point eval.judge.api_key_env at the variable holding your key)")
+        if self.azure and not os.environ.get("OPENAI_API_VERSION"):
+            raise ConfigError(f"eval.judge.base_url={cfg.base_url} is an Azure OpenAI resource: set the environment "
+                              "variable OPENAI_API_VERSION to its API version (or use its /openai/v1 endpoint)")
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.cfg.api_model, "base_url": self.cfg.base_url.rstrip("/"),
@@ -45,6 +59,16 @@ class OpenAIJudge:
         return {"http_requests": self.http_requests, "retries": dict(self.retries),
                 "retries_total": sum(self.retries.values()), "failed": self.failed,
                 "max_retries": self.cfg.max_retries, "api_model": self.cfg.api_model}
+
+    def client(self) -> Any:
+        """The SDK's async client for this endpoint: AzureOpenAI's conventions for an Azure resource (the deployment
+        is eval.judge.api_model, the API version comes from OPENAI_API_VERSION)."""
+        import openai  # deferred: the SDK takes most of a second to import, and only this backend needs it
+
+        settings: dict[str, Any] = {"api_key": self.api_key or NO_KEY, "timeout": self.cfg.timeout_s, "max_retries": 0}
+        if self.azure:
+            return openai.AsyncAzureOpenAI(azure_endpoint=self.cfg.base_url.rstrip("/"), **settings)
+        return openai.AsyncOpenAI(base_url=self.cfg.base_url.rstrip("/"), **settings)
 
     def annotate(self, requests: Sequence[JudgeRequest], keys: Sequence[str], on_result: OnResult) -> None:
         failures = asyncio.run(self._annotate(requests, keys, on_result))
@@ -58,22 +82,19 @@ class OpenAIJudge:
 
     async def _annotate(self, requests: Sequence[JudgeRequest], keys: Sequence[str], on_result: OnResult
                         ) -> list[str]:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limit = asyncio.Semaphore(self.cfg.concurrency)
         failures: list[str] = []
-        async with httpx.AsyncClient(base_url=self.cfg.base_url.rstrip("/"), headers=headers,
-                                     timeout=self.cfg.timeout_s) as client:
+        # One client per event loop: asyncio.run makes a new loop for each call of annotate.
+        async with self.client() as client:
 
             async def one(i: int) -> None:
                 async with limit:
                     try:
-                        payload = await self._post(client, self._body(requests[i]))
+                        completion = await self._ask(client, self._body(requests[i]))
                     except _GaveUp as e:
                         failures.append(e.reason)
                         return
-                on_result(i, self._annotation(keys[i], requests[i].kind, payload))
+                on_result(i, self._annotation(keys[i], requests[i].kind, completion))
 
             await asyncio.gather(*(one(i) for i in range(len(requests))))
         return failures
@@ -85,61 +106,74 @@ class OpenAIJudge:
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "max_tokens": self.cfg.max_tokens,
         }
-        body.update(KIND_API[request.kind])
+        body.update(judge_kind(request.kind).api)
         return body
 
-    async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
+    # The SDK sends each attempt (endpoint, key, timeout, Azure's conventions, typed replies and errors) but does
+    # not retry (max_retries=0), because three checked behaviours cannot hold with its retries: (1) the summary counts
+    # retries by cause (http_429, timeout, malformed_body, ...), and the SDK retries inside one call without telling
+    # why (only the HTTP client under it sees each attempt, and that client changed from httpx to httpx2 in openai 3);
+    # (2) a 200 whose body is not a chat completion is a success to the SDK, never retried; (3) eval.judge.backoff_s
+    # sets the first delay, which the SDK does not let a caller choose (0.5 s doubling to 8 s).
+    async def _ask(self, client: Any, body: dict[str, Any]) -> Any:
+        """A chat completion with readable text, after at most max_retries retries."""
+        import openai  # deferred: see client()
 
         for attempt in range(self.cfg.max_retries + 1):
             retry_after = 0.0
             self.http_requests += 1
             try:
-                response = await client.post("/chat/completions", json=body)
-            except httpx.TimeoutException:
+                completion = await client.chat.completions.create(**body)
+            except openai.APITimeoutError:
                 reason = "timeout"
-            except httpx.TransportError as e:
-                reason = f"transport:{type(e).__name__}"
+            except openai.APIConnectionError as e:
+                reason = f"transport:{type(e.__cause__ or e).__name__}"
+            except openai.APIStatusError as e:
+                if e.status_code not in RETRY_STATUS and e.status_code < 500:
+                    raise JudgeError(f"judge endpoint {self.cfg.base_url} answered HTTP {e.status_code}: "
+                                     f"{e.response.text[:300]}") from e
+                reason = f"http_{e.status_code}"
+                retry_after = _retry_after(e.response.headers.get("retry-after"))
+            except json.JSONDecodeError:  # a JSON content type over a body that is not
+                reason = "malformed_body"
             else:
-                status = response.status_code
-                if status in RETRY_STATUS or status >= 500:
-                    reason = f"http_{status}"
-                    retry_after = _retry_after(response.headers.get("retry-after"))
-                elif status >= 400:
-                    raise JudgeError(f"judge endpoint {self.cfg.base_url} answered HTTP {status}: "
-                                     f"{response.text[:300]}")
-                else:
-                    try:
-                        payload = response.json()
-                        payload["choices"][0]["message"]["content"].strip()
-                        return payload
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        reason = "malformed_body"
+                if _reply_text(completion) is not None:
+                    return completion
+                reason = "malformed_body"
             self.retries[reason] += 1
             if attempt == self.cfg.max_retries:
                 raise _GaveUp(reason)
             await asyncio.sleep(min(MAX_BACKOFF_S, max(retry_after, self.cfg.backoff_s * 2**attempt)))
         raise AssertionError("unreachable")
 
-    def _annotation(self, key: str, kind: str, payload: dict[str, Any]) -> Annotation:
-        usage = payload.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
+    def _annotation(self, key: str, kind_name: str, completion: Any) -> Annotation:
+        kind = judge_kind(kind_name)
+        usage = completion.usage
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cost = (prompt_tokens * self.cfg.usd_per_1k_prompt_tokens
                 + completion_tokens * self.cfg.usd_per_1k_completion_tokens) / 1000
-        choice = payload["choices"][0]
-        annotation = parse_reply(key, kind, choice["message"]["content"], prompt_tokens=prompt_tokens,
+        annotation = parse_reply(key, kind_name, _reply_text(completion) or "", prompt_tokens=prompt_tokens,
                                  completion_tokens=completion_tokens, cost_usd=cost)
-        if kind == "preference":
-            weighted = _weighted_preference(choice.get("logprobs"))
-            if weighted is not None:
-                annotation = replace(annotation, p_second=weighted, error="")
-        elif kind == "alpaca_eval_2":
+        if kind.weigh is None:
+            return annotation
+        logprobs = completion.choices[0].logprobs
+        weighted = kind.weigh(logprobs.model_dump() if logprobs is not None else None)
+        if kind.weigh_only:
             # The weighted annotator reads the preference from log-probabilities only, never from the text.
-            weighted = alpaca_eval_2_preference(choice.get("logprobs"))
-            annotation = replace(annotation, p_second=weighted, error="" if weighted is not None else
-                                 "no m/M among the first reply token's top log-probabilities")
-        return annotation
+            return replace(annotation, p_second=weighted, error="" if weighted is not None else
+                           f"no {'/'.join(kind.choices)} among the first reply token's top log-probabilities")
+        return replace(annotation, p_second=weighted, error="") if weighted is not None else annotation
+
+
+def _reply_text(completion: Any) -> str | None:
+    """The first choice's text; None for a body that is not a chat completion (the SDK hands back such a body as
+    text, or as a ChatCompletion whose fields are missing)."""
+    try:
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 def _retry_after(value: str | None) -> float:
@@ -149,35 +183,14 @@ def _retry_after(value: str | None) -> float:
         return 0.0
 
 
-def _weighted_preference(logprobs: Any) -> float | None:
-    """P(b) / (P(a) + P(b)) from the first reply token's top log-probabilities, when the endpoint gave them."""
-    try:
-        top = logprobs["content"][0]["top_logprobs"]
-    except (TypeError, KeyError, IndexError):
-        return None
-    mass = {"a": 0.0, "b": 0.0}
-    for entry in top:
-        token = str(entry.get("token", "")).strip().strip("()").lower()
-        if token in mass:
-            mass[token] += math.exp(float(entry["logprob"]))
-    total = mass["a"] + mass["b"]
-    return mass["b"] / total if total > 0 else None
+def _label(cfg: JudgeConfig) -> str:
+    return cfg.api_model
 
 
-def alpaca_eval_2_preference(logprobs: Any) -> float | None:
-    """P(M) / (P(m) + P(M)) from the first token's top log-probabilities: alpaca_eval's logprob_parser (numerator
-    "m", denominators "m" and "M", a token absent from the top 5 has probability 0), as 1 - (2 - preference)."""
-    try:
-        top = logprobs["content"][0]["top_logprobs"]
-        found = {t["token"]: float(t["logprob"]) for t in top if t["token"] in ("m", "M")}
-    except (TypeError, KeyError, IndexError, ValueError):
-        return None
-    if not found:
-        return None
-    p_first, p_second = (math.exp(found.get(t, -math.inf)) for t in ("m", "M"))
-    return p_second / (p_first + p_second)
+def _note(cfg: JudgeConfig) -> str:
+    return f"openai judge {cfg.api_model} at {cfg.base_url}"
 
 
-@register_judge("openai")
+@register_judge("openai", label=_label, note=_note)
 def _openai(cfg: JudgeConfig, device: str) -> OpenAIJudge:
     return OpenAIJudge(cfg)

@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.judge.arena_files import game_prompt_and_judgment, read_judgments
 from eval.judge.base import JudgeError, JudgeRequest, OnResult, parse_reply, register_judge
-from eval.pairwise import PROMPT_FIELDS
+from eval.judge.kinds import judge_kind
+from eval.metrics.pairwise import PROMPT_FIELDS
 from eval.settings import JudgeConfig
 from superfilter.artifacts import canonical_json
+from superfilter.data import resolve_path
 from superfilter.errors import ConfigError, DataError
 
 
@@ -57,8 +60,6 @@ class ReplayJudge:
                 self.by_pair.setdefault(_replay_key(first, second, order), set()).add(review)
 
     def _read_judgments(self, path: Path) -> None:
-        from eval.arena_hard import game_prompt_and_judgment, read_judgments
-
         for line, record in read_judgments(path):
             for game in record["games"]:
                 found = game_prompt_and_judgment(path, line, game)
@@ -69,7 +70,7 @@ class ReplayJudge:
         return self._identity
 
     def review(self, request: JudgeRequest) -> str | None:
-        if request.kind == "arena_hard":
+        if judge_kind(request.kind).recorded_in == "judgment_files":
             return self.by_prompt.get(_replay_key(request.messages()[1]))
         found = self.by_question.get(_replay_key(request.question, request.answer_1, request.answer_2, request.order))
         if found is not None:
@@ -78,7 +79,7 @@ class ReplayJudge:
         return next(iter(candidates)) if len(candidates) == 1 else None
 
     def annotate(self, requests: Sequence[JudgeRequest], keys: Sequence[str], on_result: OnResult) -> None:
-        if any(r.kind not in ("scores", "arena_hard") for r in requests):
+        if any(not judge_kind(r.kind).recorded_in for r in requests):
             raise ConfigError("eval.judge.backend=replay reads pairwise reviews and Arena-Hard judgments only; "
                               "not for alpaca_eval")
         reviews = [self.review(r) for r in requests]
@@ -95,6 +96,4 @@ class ReplayJudge:
 
 @register_judge("replay")
 def _replay(cfg: JudgeConfig, device: str) -> ReplayJudge:
-    from superfilter.data import resolve_path
-
     return ReplayJudge([resolve_path(f) for f in cfg.replay_files])

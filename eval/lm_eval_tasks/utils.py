@@ -14,6 +14,7 @@ HUMANEVAL_TIMEOUT_S = 10.0  # per program; the reference solutions run in well u
 
 def local_dataset(data_files=None, **_metadata):
     """The task's data files, named relative to this folder, so a copied or moved task folder still runs."""
+    # deferred: lm-eval imports this file for every task; datasets loads only when one runs
     import datasets
 
     if not data_files:
@@ -35,6 +36,7 @@ def process_results_mc2(doc, results):
 
 def math_docs(dataset):
     """MATH records keep problem and solution; the reference answer is the solution's last \\boxed{}."""
+    # deferred: lm-eval's MATH helpers load only when a MATH task runs
     from lm_eval.tasks.hendrycks_math.utils import last_boxed_only_string, remove_boxed
 
     return dataset.map(lambda doc: {"problem": doc["problem"], "solution": doc["solution"],
@@ -43,6 +45,7 @@ def math_docs(dataset):
 
 def math_results(doc, results):
     """lm-eval's MATH scoring (hendrycks_math.process_results): string-normalised equality of final answers."""
+    # deferred: lm-eval's MATH helpers load only when a MATH task runs
     from lm_eval.tasks.hendrycks_math.utils import process_results
 
     return process_results(doc, results)
@@ -50,6 +53,7 @@ def math_results(doc, results):
 
 def math_verify_results(doc, results):
     """math-verify's symbolic equivalence of the reply's final answer and the reference, plus lm-eval's string match."""
+    # deferred: the optional math extra
     from math_verify import parse, verify
 
     gold = parse(f"${doc['answer']}$")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval import alpaca_eval
 from eval.generation import Prompt
-from eval.registry import Context, Prompts, Result, Suite, register
+from eval.metrics import alpaca_eval
+from eval.registry import Context, Prompts, Result, Suite, Table, register
 from superfilter.artifacts import write_json_atomic
 from superfilter.data import resolve_path
 from superfilter.errors import DataError, check_limit, one_of
@@ -86,7 +86,18 @@ def run(ctx: Context, cfg: AlpacaEvalConfig) -> Result:
     headline = {"alpaca_eval_win_rate": rate["win_rate"]}
     if lc is not None:
         headline["alpaca_eval_lc_win_rate"] = lc
-    return Result(result=result, metrics=metrics, headline=headline, summary=summary, notes=notes)
+    samples = [[r["instruction"], r["output_2"], r["output_1"], r["preference"], preference_verdict(r["preference"])]
+               for r in records]
+    columns = ["instruction", "answer", "reference answer", "preference", "verdict"]
+    return Result(result=result, metrics=metrics, headline=headline, summary=summary, notes=notes,
+                  tables=[Table("alpaca_eval_samples", columns, samples)])
+
+
+def preference_verdict(preference: float | None) -> str:
+    """alpaca_eval's preference in [1, 2] (2 = the model's answer) in words, for the tracker's samples table."""
+    if preference is None:
+        return "unreadable"
+    return "model" if preference > 1.5 else "reference" if preference < 1.5 else "tie"
 
 
 def item_preferences(records: list[dict[str, Any]], version: str, reference: str) -> dict[str, Any]:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval import arena_hard
 from eval.generation import Prompt
 from eval.judge import judge_label
+from eval.metrics import arena_hard
 from eval.registry import Context, Prompts, Result, Suite, register
 from superfilter.artifacts import write_jsonl
 from superfilter.data import resolve_path

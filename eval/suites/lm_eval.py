@@ -14,10 +14,10 @@ from typing import Any
 
 from eval import harness
 from eval.cache import JsonlCache
-from eval.generation import load_tokenizer, load_trained, model_key
-from eval.harness import HUB_TASKS, LOCAL_TASKS, hub_reachable, is_code_task, known_tasks
+from eval.generation import load_tokenizer, load_trained, model_key, training_template
+from eval.harness import HUB_TASKS, LOCAL_TASKS, is_code_task, known_tasks
 from eval.lm_eval_items import entry_key, higher_is_better, item_scores
-from eval.open_llm import BENCHMARKS, write_local_tasks
+from eval.open_llm_tasks import BENCHMARKS, write_local_tasks
 from eval.registry import Context, Result, Suite, register
 from superfilter.artifacts import write_jsonl
 from superfilter.contracts import ADAPTER_DIR, MODEL_INFO_FILE
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "hub", "local")
 WEIGHTS = ("merged", "adapter")
-# The Open LLM suite's local tasks (eval/open_llm.py renders them) and the Hub tasks they stand in for.
+# The Open LLM suite's local tasks (eval/open_llm_tasks.py renders them) and the Hub tasks they stand in for.
 OPEN_LLM_LOCAL = {"arc_challenge": "arc_challenge_local", "hellaswag": "hellaswag_local", "mmlu": "mmlu_local",
                   "truthfulqa_mc2": "truthfulqa_mc2_local"}
 
@@ -41,7 +41,9 @@ class LmEvalTask:
     num_fewshot: int | None = None  # None = the task's own default
     limit: int = 0  # first N documents (per subtask of a group); 0 = eval.lm_eval.limit, then eval.limit
     batch_size: int = 0  # 0 = eval.lm_eval_batch_size
-    apply_chat_template: bool = False  # render prompts with the tokenizer's chat template
+    # Render prompts in the format the model was trained in: its training template (alpaca, vicuna_v1.1; recorded by
+    # the train stage, or eval.template), or the tokenizer's chat template for models trained with template=chat.
+    apply_chat_template: bool = False
     fewshot_as_multiturn: bool = False  # with a chat template: few-shot examples as separate turns
     gen_kwargs: dict[str, Any] = field(default_factory=dict)  # merged into the task's generation_kwargs
     metric: str = ""  # the headline "<metric>,<filter>" (e.g. exact_match,strict-match); empty = the first reported
@@ -107,7 +109,7 @@ def plan(cfg: LmEvalConfig, hub: bool | None = None) -> list[tuple[LmEvalTask, s
     """(entry, task to run, 'hub' | 'local') per entry; fails in one line when an entry cannot run here."""
     needs_hub = [e.task for e in cfg.tasks if not is_local(e.task)]
     if needs_hub and cfg.source != "local" and hub is None:
-        hub = hub_reachable()
+        hub = harness.hub_reachable()
     if needs_hub and cfg.source == "hub" and not hub:
         raise ConfigError(f"eval.lm_eval.source=hub but the Hub is unreachable (tasks {', '.join(needs_hub)}); "
                           "set eval.lm_eval.source=auto to run their local copies where they exist")
@@ -217,6 +219,9 @@ def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any,
 
 
     folder = ctx.eval_dir / harness.TASKS_FOLDER
+    render(planned, cfg, folder)
+    chat = any(e.apply_chat_template for e in cfg.tasks)
+    template = training_template(ctx.model_dir, ctx.cfg.template) if chat else "chat"
     managers: dict[str, Any] = {}
     lms: dict[int, Any] = {}
     entries = []
@@ -227,17 +232,21 @@ def run_entries(ctx: Context, cfg: LmEvalConfig, model: Any, tokenizer: Any,
                                            include_defaults=source == "hub")
         batch_size = entry.batch_size or ctx.cfg.lm_eval_batch_size
         if batch_size not in lms:
-            lms[batch_size] = harness.make_lm(model, tokenizer, ctx.device, batch_size, cfg.share_prefix)
+            lms[batch_size] = harness.make_lm(model, tokenizer, ctx.device, batch_size, cfg.share_prefix, template)
         limit = entry.limit or ctx.limit(cfg.limit)
         log.info("lm-eval %s (%s%s)", ran, source, f", limit {limit}" if limit else "")
         result = harness.evaluate(lms[batch_size], [ran], managers[source], entry.num_fewshot, limit,
                                   entry.apply_chat_template, entry.fewshot_as_multiturn, entry.gen_kwargs,
                                   cfg.allow_code_execution, log_samples=True)
+        # The settings this run used, written into the rendered YAML: the lm_eval CLI reruns it as it ran here.
+        rerun = harness.pin_task(folder, ran, dict(entry.gen_kwargs), lms[batch_size].max_gen_toks, entry.num_fewshot)
         top = headline(ran, entry, result)
         entries.append({
-            "task": entry.task, "ran": ran, "source": source, "limit": limit or None, "batch_size": batch_size,
+            "task": entry.task, "ran": ran, "rerun_task": rerun, "source": source, "limit": limit or None,
+            "batch_size": batch_size,
             "num_fewshot": entry.num_fewshot, "n_shot": result.get("n-shot"),
             "apply_chat_template": entry.apply_chat_template, "fewshot_as_multiturn": entry.fewshot_as_multiturn,
+            "prompt_format": template if entry.apply_chat_template else "plain",
             "gen_kwargs": dict(entry.gen_kwargs), "headline": top,
             **{k.replace("-", "_"): result.get(k) for k in ("results", "groups", "n-samples", "versions",
                                                             "higher_is_better")},

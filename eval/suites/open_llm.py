@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.open_llm import run_open_llm
+from eval.open_llm_tasks import run_open_llm
 from eval.registry import Context, Result, Suite, register
 from superfilter.data import resolve_path
 from superfilter.errors import check_limit, one_of

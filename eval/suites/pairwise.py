@@ -5,18 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval import pairwise
 from eval.generation import Prompt
 from eval.judge import JudgeRequest, judge_label
-from eval.pairwise import PROMPT_FIELDS, TestPrompt, review_log, review_log_name
+from eval.metrics import pairwise
+from eval.metrics.pairwise import PROMPT_FIELDS, TestPrompt, review_log, review_log_name
 from eval.registry import Context, Prompts, Result, Suite, Table, register
 from superfilter.artifacts import write_json_atomic
-from superfilter.contracts import JUDGE_DIR
+from superfilter.contracts import JUDGE_DIR, PAIRWISE_SETS
 from superfilter.data import resolve_path
 from superfilter.errors import check_limit, one_of
 from superfilter.stats import OUTCOMES, PAIRED, compare_differences
-
-PAIRWISE_SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
 
 
 @dataclass
@@ -27,7 +25,7 @@ class PairwiseConfig:
 
 
 def validate(cfg: PairwiseConfig, eval_cfg: Any) -> None:
-    one_of("eval.pairwise.sets", cfg.sets, PAIRWISE_SETS)
+    one_of("eval.pairwise.sets", cfg.sets, tuple(PAIRWISE_SETS))
     check_limit("eval.pairwise.limit", cfg.limit)
 
 
@@ -43,7 +41,7 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         skipped = {"skipped": "eval.reference=none (or the model is its own reference): no pairwise partner"}
         return Result(result=skipped, metrics=skipped, notes=["pairwise skipped: no reference model"])
     margin = ctx.cfg.judge.tie_margin
-    tallies = []
+    tallies, samples = [], []
     outcomes: dict[str, float] = {}
     for name, prompts_ in prompts(ctx, cfg).model.items():
         tests = [TestPrompt(p.id, p.instruction, p.input) for p in prompts_]
@@ -57,6 +55,8 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         reviews = [(p.id, f.raw if f.ok else None, r.raw if r.ok else None)
                    for p, f, r in zip(tests, forward, reverse, strict=True)]
         tallies.append(pairwise.tally_reviews(name, reviews, margin))
+        samples += [[name, p.question, a, b, verdict(f, r, margin)]
+                    for (p, a, b), (_, f, r) in zip(triples, reviews, strict=True)]
         outcomes.update(item_outcomes(name, reviews, margin))
         _write_review_log(ctx, name, tests, ours, theirs, forward, reverse)
     total = pairwise.pooled(tallies)
@@ -82,9 +82,17 @@ def run(ctx: Context, cfg: PairwiseConfig) -> Result:
         headline={"pairwise_winning_score": total.winning_score},
         summary=[f"### Pairwise vs {ctx.reference_name} (both orders; winning score = (W - L) / N + 1)",
                  f"judge: {ctx.judge_note()}", "", pairwise.format_table([*tallies, total])],
-        tables=[Table("pairwise", ["set", "win", "tie", "lose", "unparseable", "winning_score"], rows)],
+        tables=[Table("pairwise", ["set", "win", "tie", "lose", "unparseable", "winning_score"], rows),
+                Table("pairwise_samples", ["set", "prompt", "answer", "partner answer", "verdict"], samples)],
         images={"pairwise_wtl": chart}, notes=notes,
     )
+
+
+def verdict(review: str | None, review_reverse: str | None, margin: float) -> str:
+    """One prompt's win/tie/lose for the tracker's samples table, as tally_reviews counts it."""
+    forward = pairwise.parse_scores(review) if review is not None else None
+    reverse = pairwise.parse_scores(review_reverse) if review_reverse is not None else None
+    return pairwise.outcome(forward, reverse, margin) if forward and reverse else "unparseable"
 
 
 def item_outcomes(name: str, reviews: list[tuple[str, str | None, str | None]], margin: float) -> dict[str, float]:
@@ -101,7 +109,7 @@ def item_outcomes(name: str, reviews: list[tuple[str, str | None, str | None]], 
 
 def _write_review_log(ctx: Context, name: str, prompts_, ours, theirs, forward, reverse) -> None:
     """judge/<set>_wrap_reviews_<judge>.json in the authors' format and name, so their review_eval_score.py and
-    `python -m eval.pairwise` recompute W/T/L from it."""
+    `python -m eval.commands.pairwise` recompute W/T/L from it."""
 
     data = [{"id": p.id, PROMPT_FIELDS[name]: p.question, "Answer1": a, "Answer2": b,
              "review": f.raw, "scores": str(f.scores or [-1, -1]),

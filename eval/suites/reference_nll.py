@@ -1,12 +1,12 @@
 """Suite `reference_nll`: mean per-token NLL of reference answers under the model, in its training template.
 
 No generation and no judge: each reference answer is scored with the same tokenisation and labels as training
-(train.collate.encode), per item, so two models are compared by paired differences with a bootstrap interval
+(superfilter.tokenized.encode), per item, so two models are compared by paired differences with a bootstrap interval
 (superfilter.stats). It measures how likely the model finds a fixed answer, not how good its own answers are.
 Per-item values are cached per model (<cache>/reference_nll/<model key>.jsonl), so a model compared with two
 partners is scored once.
 
-    python -m eval.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
+    python -m eval.commands.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/.../<set>.jsonl
 prints the paired comparison of two evaluations' per-item files.
 """
 
@@ -29,7 +29,7 @@ from superfilter.errors import ConfigError, DataError, check_limit
 from superfilter.scoring.engine import batch_nll, make_engine
 from superfilter.scoring.plans import Pass
 from superfilter.stats import PAIRED, compare
-from train.collate import IGNORE, encode
+from superfilter.tokenized import IGNORE, encode
 
 ITEMS_DIR = "reference_nll"  # eval/reference_nll/<set>.jsonl: one line per item, per model
 CACHE_VERSION = 1  # bump when item_nll changes what it computes: cached values then stop matching

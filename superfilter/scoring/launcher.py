@@ -1,11 +1,7 @@
-"""Several scoring processes: shards balanced over workers, launched with torchrun."""
+"""Several scoring processes, on one node or several: shards balanced over workers, launched with torchrun."""
 
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,11 +10,10 @@ import torch
 
 from superfilter.artifacts import write_json_atomic
 from superfilter.errors import ConfigError
+from superfilter.launch import launch_ranks
 from superfilter.models import ModelConfig
 from superfilter.runtime import RuntimeConfig, resolve_device
 from superfilter.scoring.config import ScoreConfig
-
-log = logging.getLogger(__name__)
 
 WORKER_JOB_FILE = "worker_job.json"
 
@@ -36,8 +31,11 @@ def balance_shards(shards: Sequence[int], costs: Sequence[float], n_workers: int
 
 def launch_workers(examples_path: Path, model: ModelConfig, cfg: ScoreConfig, runtime: RuntimeConfig,
                    shard_dir: Path, assignment: list[list[int]]) -> None:
-    """Score the assigned shards with torchrun, one process per entry (per GPU, or CPU processes)."""
-    n = len(assignment)
+    """Score the assigned shards with torchrun, one process per entry (global rank: node-major over
+    `runtime.num_nodes` nodes of `runtime.num_processes` each, per GPU or CPU processes)."""
+    n = runtime.num_processes
+    if len(assignment) != runtime.world_size:
+        raise ValueError(f"{len(assignment)} shares for {runtime.world_size} processes")
     device = resolve_device(runtime.device)
     if device.type == "cuda" and n > torch.cuda.device_count():
         raise ConfigError(f"runtime.num_processes={n} but only {torch.cuda.device_count()} GPUs are visible")
@@ -46,13 +44,6 @@ def launch_workers(examples_path: Path, model: ModelConfig, cfg: ScoreConfig, ru
            "device": device.type, "shard_dir": str(shard_dir), "assignment": assignment, "threads": threads}
     job_path = shard_dir / WORKER_JOB_FILE
     write_json_atomic(job_path, job)
-    project_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "superfilter.scoring.worker", str(job_path)]
-    log.info("score: launching %d %s workers: %s", n, device.type, " ".join(command[1:]))
-    result = subprocess.run(command, env=env, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"scoring workers failed (exit code {result.returncode}); finished shards are kept in "
-                           f"{shard_dir} and a rerun resumes from them")
+    # torchrun on GPUs too: a worker picks its own GPU and only waits at a gloo barrier, no accelerate needed.
+    launch_ranks("superfilter.scoring.worker", [str(job_path)], n, f"{device.type} scoring workers", threads=threads,
+                 hint=f"finished shards are kept in {shard_dir} and a rerun resumes from them", runtime=runtime)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from superfilter.artifacts import read_json, write_json_atomic
+from superfilter.artifacts import atomic_path, read_json, write_json_atomic
 from superfilter.data import Example, file_digest
 from superfilter.errors import UserError
 from superfilter.scoring.config import ScoreConfig
 from superfilter.scoring.engine import Engine
-from superfilter.scoring.tables import plan_shards, progress_bar, score_shard
+from superfilter.scoring.tables import plan_shards, progress_bar, score_shards
 
 SHARD_DIR = "shards"
 LAYOUT_FILE = "layout.json"
@@ -61,12 +60,8 @@ def shard_done(shard_dir: Path, shard: int) -> bool:
 
 def write_shard(shard_dir: Path, shard: int, table: pd.DataFrame, seconds: float) -> None:
     """Parquet first (temp name, fsync, rename), then the marker: a marker always means a complete file."""
-    final = shard_path(shard_dir, shard)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with atomic_path(shard_path(shard_dir, shard)) as tmp:
+        table.to_parquet(tmp, index=False)
     write_json_atomic(marker_path(shard_dir, shard), {"records": len(table), "seconds": seconds})
 
 
@@ -86,13 +81,19 @@ def load_or_plan_layout(shard_dir: Path, examples: ExampleFile, shard_size: int)
     return shards
 
 
-def score_shards_to_dir(engine: Engine, examples: Sequence[Example], layout: list[list[int]], todo: Sequence[int],
+def score_shards_to_dir(engine: Engine, examples: ExampleFile, layout: list[list[int]], todo: Sequence[int],
                         cfg: ScoreConfig, shard_dir: Path, progress: bool, position: int = 0) -> None:
-    with progress_bar(sum(len(layout[s]) for s in todo), progress, position) as bar:
-        for shard in todo:
-            started = time.perf_counter()
-            table = score_shard(engine, examples, layout[shard], cfg, bar)
-            write_shard(shard_dir, shard, table, time.perf_counter() - started)
+    shards = [layout[s] for s in todo]
+    work = float(sum(examples.costs[s].sum() for s in shards))
+    started = time.perf_counter()
+
+    def write(i: int, table) -> None:
+        nonlocal started
+        write_shard(shard_dir, todo[i], table, time.perf_counter() - started)
+        started = time.perf_counter()
+
+    with progress_bar(work, progress, position, n_records=sum(len(s) for s in shards)) as bar:
+        score_shards(engine, examples, shards, examples.costs, cfg, bar, write)
 
 
 def merge_shards(shard_dir: Path, layout: list[list[int]], n_records: int):
@@ -122,6 +123,5 @@ def write_parquet_atomic(table, path: Path) -> None:
     # deferred: pyarrow loads only for Parquet files
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

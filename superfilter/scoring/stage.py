@@ -83,11 +83,11 @@ def score_stage(
     dtype = choose_dtype(model.dtype, device)
     log.info("score: %s in %s on %s (%s)", model.name, dtype.name, device, dtype.reason)
     seconds = 0.0
-    if todo and runtime.num_processes > 1:
+    if todo and runtime.world_size > 1:
         costs = [float(examples.costs[layout[s]].sum()) for s in todo]
         started = time.perf_counter()
         launch_workers(examples_path, model, cfg, runtime, shard_dir,
-                       balance_shards(todo, costs, runtime.num_processes))
+                       balance_shards(todo, costs, runtime.world_size))
         seconds = time.perf_counter() - started
     elif todo:
         engine = make_engine(*load_model(model, device, dtype=dtype.dtype))
@@ -103,7 +103,7 @@ def score_stage(
         "model": model.name,
         "dtype": dtype.name,
         "dtype_reason": dtype.reason,
-        "n_processes": runtime.num_processes,
+        "n_processes": runtime.world_size,
         "records_scored_this_run": n_todo,
         "scoring_seconds": round(seconds, 3),
         "records_per_s": round(n_todo / seconds, 3) if seconds > 0 else None,

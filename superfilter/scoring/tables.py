@@ -72,7 +72,9 @@ def record_table(turns: pd.DataFrame, ids: Sequence[str], each: bool) -> pd.Data
 
 def score_records(engine: Engine, examples: Sequence[Example], cfg: ScoreConfig,
                   on_progress: Callable[[float], None] | None = None) -> pd.DataFrame:
-    """The score table of `examples` (in their order), from one set of token-budget batches."""
+    """The score table of `examples` (in their order), from one set of token-budget batches. on_progress gets each
+    batch's share of the work in records' worth (len(examples) in all), weighted by the tokens it reads: batches
+    run longest first, so counting them evenly would make the first look slowest."""
     plans = plan_records(examples, cfg, engine.tokenizer, engine.tokenization)
     keys, passes = [], []
     for r, record in enumerate(plans):
@@ -80,11 +82,16 @@ def score_records(engine: Engine, examples: Sequence[Example], cfg: ScoreConfig,
             if not plan.skip_reason:
                 keys.append((r, t))
                 passes += [plan.direct, plan.conditioned]
-    per_pass = len(examples) / len(passes) if passes else 0.0
+    # pass_losses runs the passes longest first: a batch of n passes is the next n of these lengths.
+    longest_first = sorted((len(p.ids) for p in passes), reverse=True)
+    per_token = len(examples) / sum(longest_first) if passes else 0.0
+    ran = 0
 
     def advance(n_passes: int) -> None:
+        nonlocal ran
         if on_progress is not None:
-            on_progress(n_passes * per_pass)
+            on_progress(sum(longest_first[ran:ran + n_passes]) * per_token)
+        ran += n_passes
 
     batch_tokens = cfg.batch_tokens or AUTO_BATCH_TOKENS.get(engine.device.type, AUTO_BATCH_TOKENS["cuda"])
     losses = pass_losses(engine, passes, batch_tokens, advance) if passes else np.empty(0)
@@ -107,23 +114,43 @@ def plan_shards(costs: Sequence[float] | np.ndarray, shard_size: int) -> list[li
     return [order[i:i + shard_size].tolist() for i in range(0, len(order), shard_size)]
 
 
-def progress_bar(total: int, enabled: bool, position: int = 0):
-    """The scoring bar; tqdm's own switch TQDM_DISABLE (set by `superfilter ... --quiet`) turns it off too."""
+def progress_bar(work: float, enabled: bool, position: int = 0, n_records: int = 0):
+    """The scoring bar. It counts work, each record weighted by its length (example_cost, or the bytes of its
+    line), not records: records are scored longest first, so a count of records would start slow and make the
+    first minutes' estimate of the time left several times too long. The records done show after the bar.
+    tqdm's own switch TQDM_DISABLE (set by `superfilter ... --quiet`) turns it off too."""
     disabled = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-    return tqdm(total=total, unit="rec", desc="score", disable=disabled, dynamic_ncols=True, position=position,
-                smoothing=0.05, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+    bar = tqdm(total=work, desc="score", disable=disabled, dynamic_ncols=True, position=position, smoothing=0.05,
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+    bar.set_postfix_str(f"0/{n_records} records", refresh=False)
+    return bar
 
 
 def score_shard(engine: Engine, examples: Sequence[Example], indices: Sequence[int], cfg: ScoreConfig,
-                bar: Any = None) -> pd.DataFrame:
-    """Scores of examples[indices], with their positions in `_index`."""
+                bar: Any = None, work: float = 0.0) -> pd.DataFrame:
+    """Scores of examples[indices], with their positions in `_index`. work: the shard's share of the bar (its
+    records' costs); 0 = one unit per record."""
     records = [examples[i] for i in indices]
+    work = work or float(len(records))
     start = bar.n if bar is not None else 0.0
-    table = score_records(engine, records, cfg, bar.update if bar is not None else None)
+    per_record = work / len(records) if records else 0.0
+    table = score_records(engine, records, cfg, (lambda done: bar.update(done * per_record)) if bar is not None
+                          else None)
     if bar is not None:  # per-batch updates are fractional: land exactly on the shard's end
-        bar.update(start + len(records) - bar.n)
+        bar.update(start + work - bar.n)
     table.insert(0, "_index", np.asarray(indices, dtype=np.int64))
     return table
+
+
+def score_shards(engine: Engine, examples: Sequence[Example], shards: Sequence[Sequence[int]], costs: np.ndarray,
+                 cfg: ScoreConfig, bar: Any, on_shard: Callable[[int, pd.DataFrame], None]) -> None:
+    """Score each shard in turn, the bar advancing by work and showing the records done; on_shard(i, table)."""
+    n_records, done = sum(len(s) for s in shards), 0
+    for i, shard in enumerate(shards):
+        table = score_shard(engine, examples, shard, cfg, bar, float(costs[list(shard)].sum()))
+        done += len(shard)
+        bar.set_postfix_str(f"{done}/{n_records} records")
+        on_shard(i, table)
 
 
 def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any, cfg: ScoreConfig | None = None,
@@ -133,9 +160,11 @@ def score_examples(examples: Sequence[Example], model: Any, tokenizer: Any, cfg:
     cfg = cfg or ScoreConfig()
     cfg.validate()
     engine = make_engine(model, tokenizer)
-    shards = plan_shards([example_cost(ex) for ex in examples], cfg.shard_size)
-    with progress_bar(len(examples), progress) as bar:
-        frames = [score_shard(engine, examples, shard, cfg, bar) for shard in shards]
+    costs = np.asarray([example_cost(ex) for ex in examples], dtype=np.float64)
+    shards = plan_shards(costs, cfg.shard_size)
+    frames: list[pd.DataFrame] = []
+    with progress_bar(float(costs.sum()), progress, n_records=len(examples)) as bar:
+        score_shards(engine, examples, shards, costs, cfg, bar, lambda _, table: frames.append(table))
     if not frames:
         return pd.DataFrame(columns=list(SCORE_COLUMNS))
     return pd.concat(frames).sort_values("_index").drop(columns="_index").reset_index(drop=True)

@@ -1,21 +1,16 @@
-"""Pairwise judging as in the paper: both answer orders, win/tie/lose per prompt, winning score, W/T/L chart.
-
-`python -m eval.pairwise <*_wrap_reviews_*.json ...>` recomputes W/T/L and the winning score from review logs
-in the authors' format (Answer1 = the evaluated model, Answer2 = the reference).
-"""
+"""Pairwise judging as in the paper: both answer orders, win/tie/lose per prompt, winning score, W/T/L chart."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superfilter.contracts import PAIRWISE_SETS
 from superfilter.errors import DataError
 
 OUTCOMES = ("win", "tie", "lose")
@@ -24,8 +19,6 @@ SCORE_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*$"
 # Where each test set keeps its prompt, in the authors' files.
 PROMPT_FIELDS = {"vicuna": "text", "koala": "prompt", "wizardlm": "Instruction", "sinstruct": "instruction",
                  "lima": "conversations"}
-SET_LABELS = {"vicuna": "Vicuna", "koala": "Koala", "wizardlm": "WizardLM", "sinstruct": "Self-Instruct",
-              "lima": "LIMA"}
 
 
 @dataclass(frozen=True)
@@ -219,7 +212,7 @@ def plot_wtl(tallies: Sequence[Tally], path: Path, model: str = "model", referen
     # deferred: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
 
-    labels = [f"{SET_LABELS.get(t.name, t.name)} ({t.winning_score:.3f})" for t in tallies]
+    labels = [f"{PAIRWISE_SETS.get(t.name, t.name)} ({t.winning_score:.3f})" for t in tallies]
     counts = [[t.win, t.tie, t.lose] for t in tallies]
     colors = ("#4c72b0", "#c8c8c8", "#dd8452")
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(tallies) + 1.5), dpi=150)
@@ -244,40 +237,6 @@ def format_table(tallies: Sequence[Tally]) -> str:
     """A markdown table: one row per set, then the pooled row."""
     rows = ["| test set | win | tie | lose | N | unparseable | winning score |", "|---|---|---|---|---|---|---|"]
     for t in tallies:
-        rows.append(f"| {SET_LABELS.get(t.name, t.name)} | {t.win} | {t.tie} | {t.lose} | {t.n} | {t.unparseable} "
+        rows.append(f"| {PAIRWISE_SETS.get(t.name, t.name)} | {t.win} | {t.tie} | {t.lose} | {t.n} | {t.unparseable} "
                     f"| {t.winning_score:.3f} |")
     return "\n".join(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.pairwise", description=__doc__.splitlines()[0])
-    parser.add_argument("reviews", nargs="+", type=Path, help="review logs (*_wrap_reviews_*.json)")
-    parser.add_argument("--tie-margin", type=float, default=None,
-                        help="scores closer than this tie (default: the log's Meta_Info.tie_margin, else 0)")
-    parser.add_argument("--plot", type=Path, default=None, help="write the stacked W/T/L chart here (.png)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    tallies = []
-    for path in args.reviews:
-        try:
-            name, reviews, meta = read_review_log(path)
-        except DataError as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return 2
-        margin = args.tie_margin if args.tie_margin is not None else float(meta.get("tie_margin", 0.0))
-        tallies.append(tally_reviews(name, reviews, margin))
-    total = pooled(tallies)
-    if args.json:
-        print(json.dumps({"sets": [t.to_dict() for t in tallies], "overall": total.to_dict()}, indent=2))
-    else:
-        print(format_table([*tallies, total]))
-    if total.unparseable:
-        print(f"warning: {total.unparseable} prompt(s) had an unparseable review and are not counted: "
-              f"{', '.join(total.unparseable_ids[:20])}", file=sys.stderr)
-    if args.plot:
-        plot_wtl(tallies, args.plot)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

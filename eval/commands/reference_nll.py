@@ -1,6 +1,6 @@
 """Paired comparison of two evaluations' per-item reference NLL (eval/reference_nll/<set>.jsonl of the suite).
 
-    python -m eval.reference_nll <stage A>/eval/reference_nll/<set>.jsonl <stage B>/eval/reference_nll/<set>.jsonl
+    python -m eval.commands.reference_nll <A>/eval/reference_nll/<set>.jsonl <B>/eval/reference_nll/<set>.jsonl
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from eval.suites.reference_nll import paired
 from superfilter.data import iter_raw_records
-from superfilter.errors import DataError
+from superfilter.errors import EXIT_USER_ERROR, DataError
 
 FIELDS = ("id", "nll_mean")
 
@@ -35,7 +35,7 @@ def read_items(path: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.reference_nll", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.commands.reference_nll", description=__doc__.splitlines()[0])
     parser.add_argument("ours", type=Path, help="eval/reference_nll/<set>.jsonl of model A")
     parser.add_argument("theirs", type=Path, help="the same set's file of model B")
     args = parser.parse_args(argv)
@@ -43,11 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours, theirs = read_items(args.ours), read_items(args.theirs)
     except DataError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     result = paired(ours, theirs)
     if result["n"] == 0:
         print(f"{parser.prog}: error: the two files share no item id with finite NLLs", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print(json.dumps(result, indent=2))
     return 0
 

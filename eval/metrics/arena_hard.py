@@ -1,18 +1,11 @@
-"""Arena-Hard-Auto v0.1: 500 hard prompts, each judged twice against gpt-4-0314's answer; score = mean battle outcome.
-
-`python -m eval.arena_hard JUDGMENT.jsonl [...]` prints the leaderboard from judgment files in arena-hard-auto's
-format (ours, or theirs in the current or the v0.1-era layout): model, score (%), bootstrap CI, n, unparseable.
-"""
+"""Arena-Hard-Auto v0.1: 500 hard prompts, each judged twice against gpt-4-0314's answer; score = mean battle result."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from eval.judge import Annotation, JudgeRequest
-from superfilter.errors import DataError, UserError
+from eval.judge.arena_files import jsonl_records as _jsonl
+from eval.judge.arena_files import required_field as _field
+from superfilter.errors import DataError
 
 BENCH = "arena-hard-v0.1"
 BASELINE = "gpt-4-0314"
@@ -40,24 +35,6 @@ class Question:
     uid: str
     category: str
     prompt: str
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{number}: not JSON: {e}") from e
-
-
-def _field(path: Path, number: int, record: Any, name: str) -> Any:
-    if not isinstance(record, dict) or name not in record:
-        raise DataError(f"{path}:{number}: missing field {name!r}")
-    return record[name]
 
 
 def load_questions(path: Path, limit: int = 0) -> list[Question]:
@@ -135,40 +112,6 @@ def judgment_records(questions: Sequence[Question], requests: Sequence[JudgeRequ
     return records
 
 
-def read_judgments(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line, record) of a judgment file; fails naming the file, line and field of the first malformed record."""
-    records: list[tuple[int, dict[str, Any]]] = []
-    for number, r in _jsonl(path):
-        model = _field(path, number, r, "model")
-        if records and model != records[0][1]["model"]:
-            raise DataError(f"{path}:{number}: field 'model' is {model!r}, but line {records[0][0]} has "
-                            f"{records[0][1]['model']!r}: one model per judgment file")
-        if "uid" not in r and "question_id" not in r:
-            raise DataError(f"{path}:{number}: missing field 'uid'")
-        games = _field(path, number, r, "games")
-        if not isinstance(games, list) or len(games) != 2:
-            raise DataError(f"{path}:{number}: field 'games' must hold the two games (baseline as A, then as B)")
-        for k, game in enumerate(games):
-            if game is not None and (not isinstance(game, dict) or "score" not in game):
-                raise DataError(f"{path}:{number}: missing field 'games[{k}].score'")
-        records.append((number, r))
-    return records
-
-
-def game_prompt_and_judgment(path: Path, number: int, game: dict[str, Any] | None) -> tuple[str, str] | None:
-    """(the judge's user prompt, its judgment text) of one game, or None for a game that was never judged."""
-    if game is None:
-        return None
-    if "user_prompt" in game:  # v0.1-era layout
-        return str(game["user_prompt"]), str(game.get("judgment") or "")
-    try:
-        user = next(m["content"] for m in game["prompt"] if m["role"] == "user")
-    except (KeyError, TypeError, StopIteration) as e:
-        raise DataError(f"{path}:{number}: missing field 'games[].prompt' (user message)") from e
-    judgment = game.get("judgment")
-    return str(user), str(judgment.get("answer", "") if isinstance(judgment, dict) else judgment or "")
-
-
 def battle_scores(record: dict[str, Any]) -> list[float] | None:
     """The model's battle outcomes for one question (show_result.py): game 2 as scored for A, game 1 flipped; a
     strong verdict repeated STRONG_WEIGHT times. None when a game is missing or its verdict unreadable."""
@@ -238,32 +181,3 @@ def format_table(rows: Sequence[Standing], baseline: str = BASELINE) -> str:
 def slug(name: str) -> str:
     """A file-name-safe form of a model or judge name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.arena_hard", description=__doc__.splitlines()[0])
-    parser.add_argument("judgments", nargs="+", type=Path, help="model_judgment/<judge>/<model>.jsonl files")
-    parser.add_argument("--rounds", type=int, default=BOOTSTRAP_ROUNDS, help="bootstrap rounds for the CI")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        records = [r for path in args.judgments for _, r in read_judgments(path)]
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    baselines = sorted({str(r.get("baseline", BASELINE)) for r in records})
-    rows = standings(records, args.rounds, args.seed)
-    if args.json:
-        print(json.dumps({"baseline": baselines, "models": [s.to_dict() for s in rows]}, indent=2))
-    else:
-        print(format_table(rows, ", ".join(baselines)))
-    left_out = sum(s.unparseable for s in rows)
-    if left_out:
-        print(f"warning: {left_out} judgment(s) with a missing game or an unreadable verdict are not counted",
-              file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,27 +1,20 @@
-"""AlpacaEval: win rate of a model's outputs against a reference model's on the 805 instructions.
-
-`python -m eval.alpaca_eval ANNOTATIONS.json [...]` recomputes, per generator, the win rate, its standard error,
-n, draws, average length and the length-controlled win rate (or why it is unavailable) from annotations in
-alpaca_eval's format, theirs or ours.
-"""
+"""AlpacaEval: win rate of a model's outputs against a reference model's on the 805 instructions."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
 import random
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from eval.judge import Annotation, JudgeRequest
-from superfilter.errors import DataError, UserError
+from eval.judge import Annotation, JudgeRequest, alpaca_eval_2_preference
+from superfilter.errors import DataError
 
 # The release whose protocol this follows: one annotation per instruction, the two outputs shown in a random
 # order fixed per instruction, preference in [1, 2] (2 = the evaluated model), win rate = mean(preference − 1).
@@ -251,27 +244,25 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.alpaca_eval", description=__doc__.splitlines()[0])
-    parser.add_argument("annotations", nargs="+", type=Path, help="annotations.json files, one generator each")
-    parser.add_argument("--df-gamed", default=None, help=f"a local {DF_GAMED} for the length-controlled rate")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        rows = [summarize(load_annotations(path), args.df_gamed) for path in args.annotations]
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_table(rows))
-        for r in rows:
-            if r["length_controlled_winrate"] is None:
-                print(f"{r['generator']}: length-controlled win rate {r['length_controlled_unavailable']}",
-                      file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def check_against_leaderboard(records: Sequence[dict[str, Any]], published: dict[str, str]) -> dict[str, Any]:
+    """One generator's annotations (alpaca_eval's own, with the judge's raw replies) against its leaderboard row:
+    our win rate and standard error beside the published ones, and every preference re-derived from the judge's
+    log-probabilities with our output-order rule and weighted reading (records without a reply are draws upstream)."""
+    ours = head_to_head([r["preference"] for r in records])
+    rederived = []
+    for r in records:
+        raw = r.get("raw_completion")
+        if not isinstance(raw, dict):
+            continue
+        p_second = alpaca_eval_2_preference(raw.get("logprobs"))
+        if p_second is None:
+            rederived.append(math.inf)
+            continue
+        p_model = 1.0 - p_second if model_first(r["instruction"]) else p_second
+        rederived.append(abs(1.0 + p_model - float(r["preference"])))
+    return {"generator": records[0]["generator_2"], "win_rate": ours["win_rate"],
+            "published_win_rate": float(published["win_rate"]),
+            "win_rate_diff": abs(ours["win_rate"] - float(published["win_rate"])),
+            "standard_error_diff": abs(ours["standard_error"] - float(published["standard_error"])),
+            "n_total": ours["n_total"], "published_n_total": int(published["n_total"]),
+            "preferences_rederived": len(rederived), "max_preference_diff": max(rederived, default=0.0)}
