@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -550,7 +552,6 @@ def resolve_revision(cfg: DataConfig) -> str:
 def hub_commit(repo_id: str, revision: str) -> str | None:
     """The commit `revision` (default branch when empty) names on the Hub now; None when the Hub does not answer."""
     # deferred: the Hub client loads only for Hub sources
-    import httpx
     import huggingface_hub
     from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -558,9 +559,18 @@ def hub_commit(repo_id: str, revision: str) -> str | None:
         return huggingface_hub.HfApi().dataset_info(repo_id, revision=revision or None).sha
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise DataError(f"hub:{repo_id}: {str(e).splitlines()[0][:200]}") from None
-    except (OfflineModeIsEnabled, OSError, httpx.HTTPError) as e:  # OSError includes the Hub's HTTP errors
+    except (OfflineModeIsEnabled, OSError, *http_errors()) as e:  # OSError includes the Hub's HTTP errors
         log.warning("hub:%s: could not ask the Hub for the current commit (%s)", repo_id, type(e).__name__)
         return None
+
+
+def http_errors() -> tuple[type[Exception], ...]:
+    """The HTTP clients' base errors: huggingface_hub uses httpx or, in its newer releases, httpx2."""
+    found = []
+    for name in ("httpx", "httpx2"):
+        if importlib.util.find_spec(name) is not None:
+            found.append(importlib.import_module(name).HTTPError)
+    return tuple(found)
 
 
 def cached_commit(repo_id: str, config: str) -> str | None:
