@@ -10,7 +10,8 @@ interval therefore covers item sampling given these seeds; with one seed per mod
 another seed would move the result.
 
 The verdict is "better" or "worse" when the interval excludes 0 (in the measure's own direction: lower NLL is
-better, higher accuracy or win share is better), else "no detectable difference".
+better, higher accuracy or win share is better), "no detectable difference" when it holds 0, and "too few items to
+tell" when fewer than 2 items were compared (no interval).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
-VERDICTS = (BETTER, WORSE, NO_DIFFERENCE)
+TOO_FEW = "too few items to tell"  # fewer than 2 items compared: no interval
+VERDICTS = (BETTER, WORSE, NO_DIFFERENCE, TOO_FEW)
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -119,8 +121,11 @@ def bootstrap_interval(differences: np.ndarray, resamples: int = RESAMPLES, seed
 
 
 def verdict(lo: float, hi: float, higher_is_better: bool) -> str:
-    """better / worse when the interval excludes 0, in the measure's direction; else no detectable difference."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 <= hi:
+    """better / worse when the interval excludes 0, in the measure's direction; no detectable difference when it holds
+    0; too few items to tell when there is no interval (fewer than 2 items)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return TOO_FEW
+    if lo <= 0.0 <= hi:
         return NO_DIFFERENCE
     ours_higher = lo > 0.0
     return BETTER if ours_higher == higher_is_better else WORSE

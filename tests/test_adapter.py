@@ -62,6 +62,37 @@ def test_merged_model_matches_the_adapter_on_its_fp32_base(tmp_path, dtype):
     assert (logits(adapter) - logits(merged)).abs().max() < BOUND
 
 
+def test_the_fp32_merge_patches_a_copy_of_the_base_files_and_falls_back_when_it_cannot(tmp_path, monkeypatch):
+    """An fp32 base on disk: model/ is its files with W + ΔW written in place (no second model is loaded); a base
+    stored in bf16 cannot be patched into fp32, and is merged on a freshly loaded fp32 base instead."""
+    from safetensors.torch import load_file, save_file
+
+    import train.checkpoints
+
+    real_assembled, loads = train.checkpoints.assembled_model, []
+    monkeypatch.setattr(train.checkpoints, "assembled_model", lambda *a: loads.append(a) or real_assembled(*a))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fp32_base = build_tiny_model("llama", tmp_path / "fp32_base", seed=5)
+    out = lora_run(tmp_path / "a", ModelConfig(name="mine", source="local", path=str(fp32_base), dtype="bfloat16"))
+    assert not loads
+    base, merged = load_file(fp32_base / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert set(merged) == set(base) and changed and all("proj" in k for k in changed)
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert reloaded.dtype == torch.float32
+    adapter, _ = load_adapter(out / "adapter")
+    assert (logits(adapter) - logits(reloaded)).abs().max() < BOUND
+
+    bf16_base = shutil.copytree(fp32_base, tmp_path / "bf16_base")
+    save_file({k: v.to(torch.bfloat16) for k, v in base.items()}, bf16_base / "model.safetensors",
+              metadata={"format": "pt"})
+    out = lora_run(tmp_path / "b", ModelConfig(name="mine", source="local", path=str(bf16_base), dtype="bfloat16"))
+    assert len(loads) == 1
+    adapter, _ = load_adapter(out / "adapter")
+    assert (logits(adapter) - logits(AutoModelForCausalLM.from_pretrained(out / "model"))).abs().max() < BOUND
+
+
 def test_load_adapter_names_the_folder_when_the_base_is_gone(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -58,8 +58,10 @@ def test_only_items_both_models_have_and_finite_values_are_paired():
     ids, a, b = stats.align(ours, theirs)
     assert ids == ["a", "b"] and list(a - b) == [0.5, 1.0]
     one = stats.compare({"a": 1.0}, {"a": 0.0}, "NLL", higher_is_better=False)
-    assert one.n == 1 and math.isnan(one.lo) and one.verdict == stats.NO_DIFFERENCE
+    assert one.n == 1 and math.isnan(one.lo) and one.verdict == stats.TOO_FEW
     assert one.to_dict()["lo"] is None
+    none = stats.compare({"a": 1.0}, {"b": 0.0}, "NLL", higher_is_better=False)
+    assert none.n == 0 and none.verdict == stats.TOO_FEW and "n = 0" in none.line()
 
 
 def test_seeds_are_pooled_per_item_before_the_bootstrap():

@@ -6,6 +6,7 @@ DDP and FSDP2, and DCP writes each rank's shards in parallel and reloads them in
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -27,6 +28,7 @@ from superfilter.runtime import resolve_dtype
 from train.batches import Step
 from train.job import TrainJob
 from train.lora import lora_config
+from train.merge import write_merged_fp32
 from train.sharding import empty_model, gathered_state_dict, unwrap
 from train.step import Trainer
 
@@ -168,10 +170,20 @@ def write_outputs(model, job: TrainJob, out_dir: Path, serving: torch.dtype) -> 
         # LoRA never trains the embeddings; "auto" would look the base up by that name (the Hub) to check.
         model.save_pretrained(adapter_dir, save_embedding_layers=False)
         write_json_atomic(adapter_dir / MODEL_INFO_FILE, info)
-        if weights == torch.float32:  # onto the base as a user loads it in fp32, not the one trained in `serving`
+        # The merge onto the base as a user loads it in fp32, not the one trained in `serving`: patched into a copy
+        # of the base's fp32 files where it can be (one weight in memory), else on a freshly loaded fp32 base.
+        if weights == torch.float32 and write_merged_fp32(model, job, model_dir):
+            base = model.get_base_model()
+            config = copy.deepcopy(base.config)
+            config.dtype = weights
+            config.save_pretrained(model_dir)
+            base.generation_config.save_pretrained(model_dir)
+            model = None
+        elif weights == torch.float32:
             trained = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
             model = assembled_model(job, trained, torch.float32)
         model = model.merge_and_unload() if isinstance(model, PeftModel) else model
-    model.to(weights).save_pretrained(model_dir)
+    if model is not None:
+        model.to(weights).save_pretrained(model_dir)
     load_tokenizer(job.model).save_pretrained(model_dir)
     write_json_atomic(model_dir / MODEL_INFO_FILE, info)
