@@ -375,11 +375,11 @@ def run_models(args: argparse.Namespace) -> None:
     """Several names: each in its own process. A GGUF conversion peaks ~2.4 GB above the interpreter (Gemma-3-270M)
     and a process does not hand back all it freed, so one process per model keeps the peak to one conversion."""
     # deferred: the API, scoring and models load torch (seconds); `superfilter --help` stays instant
-    from superfilter.models import model_from_name, resolve_model_dir
+    from superfilter.models import model_from_name, prepare_model
 
     specs = [model_from_name(name) for name in args.names]  # an unknown name fails before any work
     if len(specs) == 1:
-        folder = resolve_model_dir(specs[0])
+        folder = prepare_model(specs[0])
         print(f"{args.names[0]}\t{folder if folder is not None else specs[0].path + ' (Hugging Face Hub)'}")
         return
     for name in args.names:

@@ -73,18 +73,18 @@ def test_each_selector_meets_random_at_its_budget_with_the_seeds_of_both_sides_p
         trained(tmp_path, "random", 42, 13500), random_tokens, random_acc[42])
 
     values, directions, summaries = report.collect([tmp_path / "multirun"])
-    assert len(summaries) == 4 and directions == {"lm_eval:mmlu_local": True, "reference_nll:answers": False}
+    assert len(summaries) == 4 and directions == {"MMLU 0-shot": True, "reference_nll:answers": False}
     rows = report.comparisons(values, directions)
     assert [(sel, budget, c.measure) for sel, budget, c in rows] == [
-        ("superfilter", "10% of records", "lm_eval:mmlu_local"),
+        ("superfilter", "10% of records", "MMLU 0-shot"),
         ("superfilter", "10% of records", "reference_nll:answers"),
-        ("superfilter", "13,500 response tokens", "lm_eval:mmlu_local"),
+        ("superfilter", "13,500 response tokens", "MMLU 0-shot"),
         ("superfilter", "13,500 response tokens", "reference_nll:answers")]
     by_records = rows[1][2]
     assert by_records == compare([nll["ifd"]], list(randoms.values()), "reference_nll:answers", False,
                                  partner="random (10% of records)")
     assert by_records.seeds == (1, 3) and by_records.delta == pytest.approx(-0.06) and by_records.verdict == "better"
-    assert rows[0][2] == compare([acc], list(random_acc.values()), "lm_eval:mmlu_local", True,
+    assert rows[0][2] == compare([acc], list(random_acc.values()), "MMLU 0-shot", True,
                                  partner="random (10% of records)")
     by_tokens = rows[3][2]  # random at the token budget did better: the comparison says so
     assert by_tokens.seeds == (1, 1) and by_tokens.delta == pytest.approx(0.05) and by_tokens.verdict == "worse"

@@ -41,6 +41,27 @@ def test_tiny_build_is_deterministic(arch: str, tmp_path: Path) -> None:
     assert filecmp.cmp(first / "tokenizer.json", other_seed / "tokenizer.json", shallow=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_load_of_a_cache_built_model_reads_its_half_copy_with_the_same_weights(
+        dtype: torch.dtype, private_cache: Path) -> None:
+    """Loading the fp32 folder into half precision maps every fp32 page; the copy saved once in that dtype holds
+    the very same weights, so scores and keys do not change."""
+    from transformers import AutoModelForCausalLM
+
+    spec = ModelConfig(source="tiny", path="llama")
+    folder = resolve_model_dir(spec)
+    direct = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).state_dict()
+    model, _ = load_model(spec, dtype=dtype)
+    copy = folder.with_name(f"{folder.name}-{str(dtype).removeprefix('torch.')}")
+    assert (copy / SUCCESS_MARKER).exists() and Path(model.name_or_path) == copy
+    loaded = model.state_dict()
+    assert loaded.keys() == direct.keys()
+    assert all(v.dtype == direct[k].dtype and torch.equal(v, direct[k]) for k, v in loaded.items())
+    assert (copy / "model.safetensors").stat().st_size < 0.6 * (folder / "model.safetensors").stat().st_size
+    fp32, _ = load_model(spec, dtype=torch.float32)  # fp32 loads keep reading the fp32 folder
+    assert Path(fp32.name_or_path) == folder
+
+
 @pytest.mark.parametrize(("arch", "adds_bos"), [("llama", True), ("gpt2", False)])
 def test_tiny_reloads_offline_with_expected_bos(arch: str, adds_bos: bool, private_cache: Path) -> None:
     assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -21,11 +21,13 @@ from pathlib import Path
 from eval.lm_eval_items import higher_is_better
 from superfilter.contracts import EVAL_DIR, RUN_SUMMARY_FILE, TRAIN_RESULT_FILE
 from superfilter.runs import read_object, read_run_summary, read_stage
-from superfilter.stats import Comparison, compare
+from superfilter.stats import BETTER, NO_DIFFERENCE, WORSE, Comparison, compare
 
 SUITES = {"reference_nll": "nll_mean", "lm_eval": "value"}  # per-item folders of eval/ and their value field
 PARTNER_SUFFIX = ".reference.jsonl"
 RANDOM = "random"
+LABELS = {"reference_nll:gpt4_1106_preview_model_outputs": "NLL of GPT-4 Turbo answers",
+          "reference_nll:alpaca_5000": "NLL of held-out Alpaca answers", "lm_eval:mmlu_local": "MMLU 0-shot"}
 Values = dict[str, float]
 
 
@@ -71,7 +73,7 @@ def eval_files(eval_dir: Path) -> dict[str, tuple[bool, Path, Path | None]]:
                 continue
             name = ours.name.removesuffix(".jsonl")
             partner = ours.with_name(name + PARTNER_SUFFIX)
-            label = f"{suite}:{name}"
+            label = LABELS.get(f"{suite}:{name}", f"{suite}:{name}")
             found[label] = (directions.get(name.split("#")[0], True) if suite == "lm_eval" else False, ours,
                             partner if partner.is_file() else None)
     return found
@@ -89,7 +91,7 @@ def collect(folders: list[Path]) -> tuple[dict[Model, dict[str, Values]], dict[s
         ours = model_of(stages["train"].path)
         partner = model_of(stages["train_reference"].path) if "train_reference" in stages else None
         for measure, (higher, mine, theirs) in eval_files(stages["eval"].path).items():
-            field = SUITES[measure.split(":")[0]]
+            field = SUITES[mine.parent.name]
             directions[measure] = higher
             values[ours][measure] = read_rows(mine, field)
             if partner is not None and theirs is not None:
@@ -131,6 +133,28 @@ def comparison_table(rows: list[tuple[str, str, Comparison]]) -> list[str]:
                      f"[{c.lo:+.4f}, {c.hi:+.4f}] | {c.n} | {c.seeds[0]} / {c.seeds[1]} "
                      f"| {100 * c.share_better:.0f}% / {100 * c.share_worse:.0f}% | {c.verdict} |")
     return lines
+
+
+def wide_table(rows: list[tuple[str, str, Comparison]]) -> list[str]:
+    """One row per selector, one column per measure and budget: Δ vs random [95% CI] and ▲ better / ▼ worse /
+    = no detectable difference (the compact form the README shows)."""
+    marks = {BETTER: "▲", WORSE: "▼", NO_DIFFERENCE: "="}
+    columns = sorted({(c.measure, b) for _, b, c in rows}, key=lambda mb: (mb[0], "tokens" in mb[1]))
+    cells = {(s, b, c.measure): c for s, b, c in rows}
+    lines = ["| selector | " + " | ".join(f"{m} ({'↑' if cells_dir(rows, m) else '↓'}), {b}" for m, b in columns)
+             + " |", "|---" * (len(columns) + 1) + "|"]
+    for selector in sorted({s for s, _, _ in rows}):
+        row = []
+        for measure, budget in columns:
+            c = cells.get((selector, budget, measure))
+            row.append("–" if c is None else
+                       f"{c.delta:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}] {marks.get(c.verdict, '?')}")
+        lines.append(f"| {selector} | " + " | ".join(row) + " |")
+    return lines
+
+
+def cells_dir(rows: list[tuple[str, str, Comparison]], measure: str) -> bool:
+    return next(c.higher_is_better for _, _, c in rows if c.measure == measure)
 
 
 def cost_table(summaries: list[Path]) -> list[str]:
@@ -180,7 +204,7 @@ def plot(rows: list[tuple[str, str, Comparison]], path: Path) -> None:
                                     color=colors[j % len(colors)], label=budget if y == 0 else None)
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.set_yticks(range(len(selectors)), selectors, fontsize=8)
-        higher = next(c.higher_is_better for _, _, c in rows if c.measure == name)
+        higher = cells_dir(rows, name)
         ax.set_title(name, fontsize=8)
         ax.set_xlabel(f"Δ vs random ({'higher' if higher else 'lower'} is better)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="best")
@@ -205,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             "Δ = mean over items of (selector − random); each side's training seeds are averaged per item first; "
             "95% percentile bootstrap interval over items (superfilter/stats.py). Written by "
             "`experiments/cpu_selectors/report.py`.", "", "## Subsets", "", *subsets_table(values), "",
-            "## Each selector vs random", "", *comparison_table(rows), "", "![paired differences](paired.png)", "",
+            "## Each selector vs random", "",
+            "▲ better, ▼ worse, = no detectable difference than random at the same budget (↓: lower is better).", "",
+            *wide_table(rows), "", *comparison_table(rows), "", "![paired differences](paired.png)", "",
             "## Cost per stage", "", *cost_table(summaries), ""]
     (args.out / "report.md").write_text("\n".join(text))
     print("\n".join(text))
