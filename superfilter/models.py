@@ -24,6 +24,7 @@ from superfilter.contracts import MODEL_INFO_FILE, SUCCESS_MARKER
 from superfilter.errors import ConfigError, UserError
 from superfilter.presets import model_preset
 from superfilter.runtime import choose_dtype, resolve_device
+from superfilter.weight_files import HALF, fp32_files, halve_in_place
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -334,7 +335,7 @@ def prepare_model(cfg: ModelConfig) -> Path | None:
     computes in half precision on its CPU, its half-precision copy; None for a Hub model."""
     folder = resolve_model_dir(cfg)
     choice = choose_dtype(cfg.dtype, torch.device("cpu"))
-    if folder is not None and cfg.source in CACHE_BUILT and choice.dtype in (torch.bfloat16, torch.float16):
+    if folder is not None and cfg.source in CACHE_BUILT and choice.dtype in HALF:
         half_copy_dir(cfg, folder, choice.dtype)
     return folder
 
@@ -378,17 +379,21 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
         dtype = choice.dtype
     tokenizer = load_tokenizer(cfg)
     location, common, on_hub = _location(cfg)
-    if cfg.source in CACHE_BUILT and dtype in (torch.bfloat16, torch.float16):
+    if cfg.source in CACHE_BUILT and dtype in HALF:
         location = str(half_copy_dir(cfg, Path(location), dtype))
+    # fp32 files into a half-precision model: loaded as mapped fp32 views, then halved a parameter at a time.
+    lean = fp32_files(Path(location)) if dtype in HALF and not on_hub else []
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, use_safetensors=True,
+            location, dtype=torch.float32 if lean else dtype, use_safetensors=True,
             attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device), **common,
         )
     except OSError as error:
         if not on_hub:
             raise
         raise _hub_error(cfg, error) from error
+    if lean:
+        halve_in_place(model, dtype, lean)
     model.to(device)
     model.train(for_training)
     if model.config.pad_token_id is None:

@@ -62,6 +62,31 @@ def test_a_half_precision_load_of_a_cache_built_model_reads_its_half_copy_with_t
     assert Path(fp32.name_or_path) == folder
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fp32_files_load_into_half_precision_a_parameter_at_a_time_with_the_direct_loads_weights(
+        arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    import superfilter.models
+    from superfilter import weight_files
+
+    folder = build_tiny_model(arch, tmp_path / arch, seed=2)
+    halved = []
+    monkeypatch.setattr(superfilter.models, "halve_in_place",
+                        lambda *a: halved.append(a[2]) or weight_files.halve_in_place(*a))
+    model, _ = load_model(ModelConfig(name="mine", source="local", path=str(folder)), dtype=torch.bfloat16)
+    assert halved == [[folder / "model.safetensors"]]
+    direct = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    ours = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    theirs = {**dict(direct.named_parameters()), **dict(direct.named_buffers())}
+    assert ours.keys() == theirs.keys()
+    assert all(v.dtype == theirs[k].dtype and torch.equal(v, theirs[k]) for k, v in ours.items())
+    ids = torch.arange(3, 30).reshape(1, -1)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, direct(ids).logits)
+    assert weight_files.mapped_ranges([folder / "model.safetensors"]) == []  # the mapping is gone with the load
+
+
 @pytest.mark.parametrize(("arch", "adds_bos"), [("llama", True), ("gpt2", False)])
 def test_tiny_reloads_offline_with_expected_bos(arch: str, adds_bos: bool, private_cache: Path) -> None:
     assert os.environ["HF_HUB_OFFLINE"] == "1"

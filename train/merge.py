@@ -9,10 +9,8 @@ merge holds one weight. The result is what `merge_and_unload` on the fp32 base g
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import struct
 from pathlib import Path
 
 import torch
@@ -20,21 +18,13 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from superfilter.models import resolve_model_dir
+from superfilter.weight_files import read_header
 from train.job import TrainJob
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PEFT_PREFIX = "base_model.model."
-
-
-def read_header(path: Path) -> tuple[dict[str, dict], int]:
-    """A safetensors file's header (name → dtype, shape, data_offsets) and where its data starts."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header, 8 + size
 
 
 def lora_deltas(model: PeftModel) -> dict[str, torch.Tensor] | None:
