@@ -113,6 +113,8 @@ def rank_command(module: str, args: Sequence[str], num_processes: int, accelerat
     `nodes.master_addr:port` (static rendezvous: node ranks as given, so global ranks are node-major).
     """
     rank = ["-m", module, *args]
+    if accelerate_config is None and nodes is None and num_processes == 1:  # one process needs no launcher
+        return [sys.executable, *rank]
     if accelerate_config is None:
         where = ["--standalone"] if nodes is None else [
             f"--nnodes={nodes.num_nodes}", f"--node_rank={nodes.node_rank}", "--rdzv_backend=static",

@@ -20,6 +20,9 @@ DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps)(:\d+)?")
 GPU_MEMORY_GIB = {"a100-80gb": 80.0, "h100-80gb": 79.6, "h200": 140.4}
 
 
+TRAIN_PROCESSES = ("auto", "own", "same")
+
+
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -31,6 +34,10 @@ class RuntimeConfig:
     node_rank: int = -1  # this node's index; -1 = $SLURM_NODEID, else 0
     master_addr: str = ""  # node 0's address, reachable from every node; "" = the first node of $SLURM_JOB_NODELIST
     master_port: int = 29400  # node 0's port for the followers; each launch meets on a free port node 0 picks
+    # Where one-process training runs: own = a fresh `python -m train.rank` process, whose memory goes back to the OS
+    # when it ends (a run that trains several models does not stack them in one process); same = this process;
+    # auto = own, except for the tiny test models (starting a process costs more than training them).
+    train_process: str = "auto"
 
     @property
     def world_size(self) -> int:
@@ -52,6 +59,9 @@ class RuntimeConfig:
         if not -1 <= self.node_rank < self.num_nodes:
             raise ConfigError(f"runtime.node_rank must be in [0, {self.num_nodes}) (or -1: $SLURM_NODEID), "
                               f"got {self.node_rank}")
+        if self.train_process not in TRAIN_PROCESSES:
+            raise ConfigError(f"runtime.train_process must be one of {list(TRAIN_PROCESSES)}, "
+                              f"got {self.train_process!r}")
         if not 0 < self.master_port < 65536:
             raise ConfigError(f"runtime.master_port must be a port number (1-65535), got {self.master_port}")
 

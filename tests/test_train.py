@@ -27,7 +27,7 @@ from train.collate import collate, encode_all, pack_batch, pad_batch
 from train.config import TrainConfig
 from train.loss import token_loss_sum
 from train.optim import lr_factor
-from train.stage import train_stage
+from train.stage import own_process, train_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -341,3 +341,19 @@ def test_train_presets_compose(preset):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         config = to_config(compose("config", overrides=[f"train={preset}"]))
     assert config.train.name == preset
+
+
+@pytest.mark.slow
+def test_training_in_a_process_of_its_own_gives_the_same_model_and_metrics(tmp_path):
+    """runtime.train_process=own (what `auto` picks for every real model): `python -m train.rank` in a fresh
+    process, its memory handed back when it ends; the model, the loss curve and the result are this process's."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(method="lora", lr=1e-2, max_steps=3, batch_size=4, micro_batch_size=4, save_steps=0)
+    same, out_same = stage(tmp_path, records(8), cfg, "same", replace(CPU, train_process="same", num_threads=1))
+    own, out_own = stage(tmp_path, records(8), cfg, "own", replace(CPU, train_process="own", num_threads=1))
+    ours, theirs = (load_file(d / "model" / "model.safetensors") for d in (out_own, out_same))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert [r["loss"] for r in metric_rows(out_own)] == [r["loss"] for r in metric_rows(out_same)]
+    assert own["loss_last"] == same["loss_last"] and own["n_steps"] == same["n_steps"] == 3
+    assert own_process(CPU, ModelConfig(name="gemma", source="gguf")) and not own_process(CPU, TINY)

@@ -13,8 +13,9 @@ RANK_MODULE = "train.rank"  # its main() reads the job file and trains as one ra
 
 
 def launch(job_file: Path, runtime: RuntimeConfig, accelerate_config: str) -> None:
-    """`runtime.num_processes` ranks on this node (and as many on each follower node when num_nodes > 1)."""
-    if resolve_device(runtime.device).type == "cpu":
+    """`runtime.num_processes` ranks on this node (and as many on each follower node when num_nodes > 1); one
+    process alone is started as plain `python -m train.rank`."""
+    if resolve_device(runtime.device).type == "cpu" or runtime.world_size == 1:
         # Ranks share the host's cores; oversubscribing them makes every rank slower than one process alone.
         threads = runtime.num_threads or max(1, (os.cpu_count() or 1) // runtime.num_processes)
         config = None

@@ -29,12 +29,17 @@ def check(cfg: TrainConfig, runtime: RuntimeConfig) -> None:
     check_world(cfg, runtime)
 
 
+def own_process(runtime: RuntimeConfig, model: ModelConfig) -> bool:
+    """Whether one-process training starts a process of its own (`runtime.train_process`)."""
+    return runtime.train_process == "own" or (runtime.train_process == "auto" and model.source != "tiny")
+
+
 def train_stage(
     subset_path: Path, model: ModelConfig, cfg: TrainConfig, seed: int, runtime: RuntimeConfig,
     out_dir: Path, tracker: StageRun,
 ) -> dict[str, Any]:
-    """Finetune in this process (one device) or in launched ranks (`runtime.num_processes` on each of
-    `runtime.num_nodes` nodes); return metrics."""
+    """Finetune in launched ranks (`runtime.num_processes` on each of `runtime.num_nodes` nodes; one process in a
+    process of its own unless `runtime.train_process` says otherwise) or in this process; return metrics."""
     check(cfg, runtime)
     job = TrainJob(str(Path(subset_path).resolve()), model, cfg, seed, runtime)
     if (Path(out_dir) / TRAIN_RESULT_FILE).exists():  # finished, killed before the pipeline marked it: redo nothing
@@ -42,7 +47,7 @@ def train_stage(
         return read_json(Path(out_dir) / TRAIN_RESULT_FILE)
     job_file = Path(out_dir) / JOB_FILE
     write_json_atomic(job_file, job.to_dict())
-    if runtime.world_size == 1:
+    if runtime.world_size == 1 and not own_process(runtime, model):
         return run(job, Path(out_dir), tracker)
     launch(job_file, runtime, cfg.accelerate_config)
     rows = report.read_metrics(Path(out_dir) / TRAIN_METRICS_FILE)
