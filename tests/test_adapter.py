@@ -39,7 +39,8 @@ def subset(tmp_path: Path) -> Path:
 def lora_run(tmp_path: Path, model: ModelConfig) -> Path:
     out = tmp_path / "out"
     out.mkdir()
-    train_stage(subset(tmp_path), model, LORA, 0, RuntimeConfig(device="cpu"), out, StageRun(None, "train"))
+    train_stage(subset(tmp_path), model, LORA, 0, RuntimeConfig(device="cpu", train_process="same"), out,
+                StageRun(None, "train"))
     return out
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from superfilter.contracts import EVAL_DIR, MODEL_INFO_FILE, SUBSET_FILE
+from superfilter.contracts import ADAPTER_DIR, EVAL_DIR, MODEL_DIR, MODEL_INFO_FILE, SCORES_FILE, SUBSET_FILE
 from superfilter.runs import read_run_summary
 
 BLOCK = 32768  # an offline run file is a LevelDB-style log: 32 KiB blocks of checksummed chunks
@@ -138,7 +138,7 @@ def check_datasets(run: Run) -> list[str]:
 
 def check_inspect(run: Run) -> list[str]:
     lines = []
-    for path in (run.stages["score"] / "scores.parquet", run.stages["select"] / SUBSET_FILE):
+    for path in (run.stages["score"] / SCORES_FILE, run.stages["select"] / SUBSET_FILE):
         out = shell([sys.executable, "-m", "superfilter", "inspect", str(path), "--top", "3"])
         lines += ["```", f"$ superfilter inspect {path.parent.parent.name}/{path.parent.name}/{path.name} --top 3",
                   *out.strip().splitlines()[:24], "```", ""]
@@ -152,15 +152,15 @@ def check_peft(run: Run) -> list[str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     train = run.stages["train"]
-    adapter = PeftConfig.from_pretrained(str(train / "adapter"))
-    name = json.loads((train / "adapter" / MODEL_INFO_FILE).read_text())["base_model_spec"]["name"]
+    adapter = PeftConfig.from_pretrained(str(train / ADAPTER_DIR))
+    name = json.loads((train / ADAPTER_DIR / MODEL_INFO_FILE).read_text())["base_model_spec"]["name"]
     base_dir = shell([sys.executable, "-m", "superfilter", "models", name]).strip().splitlines()[-1].split("\t")[-1]
-    tokenizer = AutoTokenizer.from_pretrained(str(train / "model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(train / MODEL_DIR))
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
-        merged = AutoModelForCausalLM.from_pretrained(str(train / "model"), dtype=torch.float32)(**batch).logits
+        merged = AutoModelForCausalLM.from_pretrained(str(train / MODEL_DIR), dtype=torch.float32)(**batch).logits
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        tuned = PeftModel.from_pretrained(base, str(train / "adapter"))(**batch).logits
+        tuned = PeftModel.from_pretrained(base, str(train / ADAPTER_DIR))(**batch).logits
     mask = batch["attention_mask"].bool()
     delta = (merged - tuned).abs()[mask].max().item()
     return ["```python",
@@ -173,7 +173,7 @@ def check_peft(run: Run) -> list[str]:
 
 def check_lm_eval(run: Run) -> list[str]:
     evaluation = run.stages["eval"]
-    model = run.stages["train"] / "model"
+    model = run.stages["train"] / MODEL_DIR
     entries = json.loads((evaluation / EVAL_DIR / "lm_eval.json").read_text())["tasks"]
     lines = ["| task | limit | stage's value | lm_eval CLI | equal |", "|---|---|---|---|---|"]
     for entry in entries:
