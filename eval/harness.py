@@ -141,16 +141,16 @@ def pin_task(folder: Path, task: str, gen_kwargs: dict[str, Any], max_gen_toks: 
     """Write the settings one run of `task` used into its rendered YAML (generation_kwargs with the entry's own and
     the model's max_gen_toks; num_fewshot when the entry set it), so `lm_eval --include_path <folder> --tasks
     <name>` generates the same text. The name to rerun: the task's, or `<task>_<n>` when another entry already
-    pinned the task with other settings; None when the task has no YAML in the folder (an lm-eval task) or is a
-    group run with its own shot count."""
+    pinned the task with other settings; None when the task has no YAML in the folder (an lm-eval task). A group is
+    not rewritten: its rerun gives `--num_fewshot` the entry's shots, which lm-eval applies to each of its tasks."""
     path = folder / f"{task}.yaml"
     if not path.is_file():
         return None
     text = path.read_text(encoding="utf-8")
     header = "".join(line + "\n" for line in itertools.takewhile(lambda x: x.startswith("#"), text.splitlines()))
     config = yaml.load(text, Loader=TaskLoader)
-    if "group" in config:  # a group's shots live in its tasks' files: it reruns as written, or not as run
-        return task if num_fewshot is None else None
+    if "group" in config:  # its tasks' files are shared by every entry: `--num_fewshot N` sets all their shots
+        return task
     meta = config.get("metadata") or {}
     pinned = meta.get("pinned_by") == PINNED_BY
     shipped = meta["as_shipped"] if pinned else copy.deepcopy({k: config[k] for k in PINNED_KEYS if k in config})

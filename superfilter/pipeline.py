@@ -16,10 +16,21 @@ from superfilter.contracts import SUBSET_FILE
 from superfilter.data import read_examples
 from superfilter.models import load_tokenizer
 from superfilter.planning import check as check_plan
+from superfilter.runs import subset_label
 from superfilter.runtime import resolve_device
 from superfilter.selection import SelectConfig, token_counts
-from superfilter.stages import key_params, model_params, prepare, run_stage, score, scores_for_selection, select
+from superfilter.stages import (
+    key_params,
+    model_params,
+    prepare,
+    run_stage,
+    score,
+    scores_for_selection,
+    select,
+    selection_label,
+)
 from superfilter.stats import PAIRED, verdict_lines
+from superfilter.tracking import NAME_SEPARATOR
 from train.config import resolve_mixed_precision
 from train.stage import check as check_train
 from train.stage import train_stage
@@ -51,7 +62,9 @@ def evaluate(cfg: Config, trained: Artifact, reference: Artifact | None) -> Arti
         return eval_stage(trained.path, reference.path if reference else None, cfg.eval, cfg.runtime,
                           out_dir, run)
 
-    return run_stage(cfg, "eval", params, upstream, build)
+    partner = subset_label(reference.path) if reference is not None else None  # None while a plan builds nothing
+    label = f"{selection_label(cfg)} vs {partner}{NAME_SEPARATOR}{cfg.model.strong.name}" if partner else ""
+    return run_stage(cfg, "eval", params, upstream, build, label)
 
 
 def trained_model(cfg: Config, examples: Artifact) -> Artifact:

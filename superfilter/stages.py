@@ -83,7 +83,10 @@ def select_params(cfg: FilterRunConfig) -> dict[str, Any]:
 
 
 def selection_label(cfg: FilterRunConfig) -> str:
-    """How runs, tables and plots name a selection: `superfilter 10%`, `random 1000 records`, `full 100%`."""
+    """How runs, tables and plots name a selection: `superfilter 10%`, `random 1000 records`, `random 9,053 tokens`,
+    `full 100%` (the token budget as runs.subset_label reads it back from a folder)."""
+    if cfg.filter.budget_tokens:
+        return f"{cfg.filter.name} {cfg.filter.budget_tokens:,} tokens"
     if cfg.filter.count and cfg.filter.name != "full":
         return f"{cfg.filter.name} {cfg.filter.count} records"
     share = f"{cfg.filter.name} {100 * select_params(cfg)['ratio']:g}%"
@@ -110,7 +113,8 @@ def run_tags(cfg: FilterRunConfig, stage: str) -> tuple[str, ...]:
     if stage not in SELECTION_STAGES:
         return (tag("data", cfg.data.name),)
     return (tag("data", cfg.data.name), tag("weak", cfg.model.weak.name), tag("strong", cfg.model.strong.name),
-            tag("filter", cfg.filter.name), tag("ratio", f"{select_params(cfg)['ratio']:g}"))
+            tag("filter", cfg.filter.name), tag("tokens", str(cfg.filter.budget_tokens)) if cfg.filter.budget_tokens
+            else tag("ratio", f"{select_params(cfg)['ratio']:g}"))
 
 
 def run_spec(cfg: FilterRunConfig, stage: str, key: str, params: dict[str, Any], upstream: list[Artifact],

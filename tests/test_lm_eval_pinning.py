@@ -54,7 +54,7 @@ def test_a_generation_task_is_pinned_and_stays_an_lm_eval_task(tmp_path):
     assert harness.pin_task(tmp_path, "gsm8k", {}, 256, None) is None  # lm-eval's own task: nothing rendered
     (tmp_path / "group.yaml").write_text("group: group\ntask:\n- truthfulqa_mc2_local\n")
     assert harness.pin_task(tmp_path, "group", {}, 256, None) == "group"
-    assert harness.pin_task(tmp_path, "group", {}, 256, 2) is None
+    assert harness.pin_task(tmp_path, "group", {}, 256, 2) == "group"  # rerun with --num_fewshot 2
 
 
 def samples(folder: Path) -> list[str]:

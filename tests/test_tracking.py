@@ -124,6 +124,9 @@ def test_labels_and_tags_say_what_a_stage_folder_is_of(tmp_path):
     assert stages.run_tags(cfg, "prepare") == ("data:tiny",)
     assert stages.run_tags(cfg, "train") == ("data:tiny", "weak:smollm2_135m", "strong:gemma3_270m",
                                              "filter:random", "ratio:0.25")
+    tokens = replace(cfg, filter=SelectConfig(name="random", scorer="none", budget_tokens=9053))
+    assert stages.stage_label(tokens, "train") == "random 9,053 tokens · gemma3_270m"  # the equal-token partner
+    assert stages.run_tags(tokens, "train")[-1] == "tokens:9053"
 
 
 @pytest.mark.slow

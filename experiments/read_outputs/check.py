@@ -84,11 +84,13 @@ def offline_run(path: Path) -> dict[str, Any]:
     return run
 
 
-def shell(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+def shell(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+          stderr: bool = True) -> str:
+    """The command's output (stdout, then stderr unless `stderr` is False); a failure raises with its stderr."""
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode:
         raise RuntimeError(f"`{' '.join(command)}` exited {done.returncode}: {done.stderr[-2000:]}")
-    return done.stdout + done.stderr
+    return done.stdout + (done.stderr if stderr else "")
 
 
 class Run:
@@ -111,7 +113,7 @@ def check_wandb(run: Run) -> list[str]:
             raise RuntimeError(f"{file}: the run never finished")
         used = ", ".join(a["name"] for a in r["used"]) or "–"
         logged = ", ".join(a["name"] for a in r["logged"]) or "–"
-        keys = sorted({k.split("/")[0] for k in r["history"]})
+        keys = sorted({k.split("/")[0] for k in r["history"] if not k.startswith("_")})
         lines.append(f"| {r['name']} | {r['job_type']} | {r['group']} | {', '.join(r['tags'])} | {used} | {logged} "
                      f"| {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''} |")
     return lines
@@ -154,7 +156,7 @@ def check_peft(run: Run) -> list[str]:
     train = run.stages["train"]
     adapter = PeftConfig.from_pretrained(str(train / ADAPTER_DIR))
     name = json.loads((train / ADAPTER_DIR / MODEL_INFO_FILE).read_text())["base_model_spec"]["name"]
-    base_dir = shell([sys.executable, "-m", "superfilter", "models", name]).strip().splitlines()[-1].split("\t")[-1]
+    base_dir = shell([sys.executable, "-m", "superfilter", "models", name], stderr=False).strip().split("\t")[-1]
     tokenizer = AutoTokenizer.from_pretrained(str(train / MODEL_DIR))
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -193,7 +195,8 @@ def check_lm_eval(run: Run) -> list[str]:
         theirs = block[metric]
         lines.append(f"| {entry['rerun_task']} | {entry['limit']} | {metric} {ours:.4f} | {theirs:.4f} "
                      f"| {'yes' if abs(ours - theirs) < 1e-9 else 'no'} |")
-        lines.insert(0, f"`{' '.join(c if '/' not in c else Path(c).name for c in command)}`")
+        shown = " ".join(c for c in command[:-2] if "/" not in c or c.endswith(("model", "lm_eval_tasks")))
+        lines.insert(0, f"`{shown}` (paths shortened)")
     return lines
 
 
