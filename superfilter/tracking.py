@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,3 +203,62 @@ def log_report_table(cfg: TrackingConfig, columns: list[str], rows: list[list[An
         run.log({f"report/{name}": wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
     finally:
         run.finish()
+
+
+# Reading offline runs back.
+
+OFFLINE_BLOCK = 32768  # an offline run file is a LevelDB-style log: 32 KiB blocks of checksummed chunks
+FULL, FIRST, LAST = 1, 2, 4
+
+
+def run_records(path: Path) -> list[Any]:
+    """Every protobuf record of an offline run file (run-<id>.wandb): wandb's Python API reads none without a
+    server, so the record log is parsed here (tests, experiments/read_outputs/check.py)."""
+    # deferred: wandb loads only to read its files
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    ident, _, _ = struct.unpack("<4sHB", data[:7])
+    if ident != b":W&B":
+        raise ValueError(f"{path}: not a W&B run file")
+    records, chunks, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        left = OFFLINE_BLOCK - pos % OFFLINE_BLOCK
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # zero padding to the block's end
+            pos += left
+            continue
+        if pos + 7 + length > len(data):  # a chunk still being written
+            break
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunks = payload if kind in (FULL, FIRST) else chunks + payload
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+    return records
+
+
+def offline_run(path: Path) -> dict[str, Any]:
+    """Name, group, job type, tags, config, artifacts used and logged, logged keys and whether it exited."""
+    run: dict[str, Any] = {"used": [], "logged": [], "history": set(), "config": {}, "exited": False}
+    for record in run_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.update(name=record.run.display_name, group=record.run.run_group, job_type=record.run.job_type,
+                       tags=list(record.run.tags))
+            run["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            run["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "artifact" and record.artifact.type not in ("run_table", "wandb-history"):
+            entry = {"name": record.artifact.name, "type": record.artifact.type,
+                     "refs": [e.ref for e in record.artifact.manifest.contents]}
+            run["used" if record.artifact.use_after_commit else "logged"].append(entry)
+        elif kind == "history":
+            run["history"].update("/".join(i.nested_key) or i.key for i in record.history.item)
+        elif kind == "exit":
+            run["exited"] = True
+    return run

@@ -3,9 +3,7 @@ run files (wandb's Python API cannot read them without a server, so the test par
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -20,60 +18,22 @@ from superfilter import stages
 from superfilter.data import DataConfig
 from superfilter.selection import SelectConfig
 from superfilter.settings import FilterRunConfig
-from superfilter.tracking import Reference, RunSpec, TrackingConfig, log_report_table, stage_run
+from superfilter.tracking import (
+    Reference,
+    RunSpec,
+    TrackingConfig,
+    log_report_table,
+    offline_run,
+    run_records,
+    stage_run,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-BLOCK = 32768  # the run file is a LevelDB-style log: 32 KiB blocks of checksummed chunks
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def run_records(path: Path) -> list[Any]:
-    """Every protobuf record of an offline run file (run-<id>.wandb)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    ident, _, _ = struct.unpack("<4sHB", data[:7])
-    assert ident == b":W&B", f"{path}: not a W&B run file"
-    records, chunks, pos = [], b"", 7
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:  # zero padding to the block's end
-            pos += left
-            continue
-        if pos + 7 + length > len(data):  # a chunk still being written
-            break
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        chunks = payload if kind in (FULL, FIRST) else chunks + payload
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunks)
-            records.append(record)
-    return records
-
-
 def offline_runs(root: Path) -> list[dict[str, Any]]:
     """Per offline run: name, group, job type, tags, config, artifacts used and logged, logged keys."""
     runs = []
     for path in sorted(root.rglob("offline-run-*/run-*.wandb")):
-        run: dict[str, Any] = {"used": [], "logged": [], "history": set(), "config": {}}
-        for record in finished_records(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                run.update(name=record.run.display_name, group=record.run.run_group, job_type=record.run.job_type,
-                           tags=list(record.run.tags))
-                run["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
-            elif kind == "config":
-                run["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
-            elif kind == "artifact" and record.artifact.type not in ("run_table", "wandb-history"):
-                entry = {"name": record.artifact.name, "type": record.artifact.type,
-                         "refs": [e.ref for e in record.artifact.manifest.contents]}
-                run["used" if record.artifact.use_after_commit else "logged"].append(entry)
-            elif kind == "history":
-                run["history"].update("/".join(i.nested_key) or i.key for i in record.history.item)
+        run = finished_run(path)
         assert "name" in run, f"{path}: no run record among {kinds(path)}"
         runs.append(run)
     return runs
@@ -83,14 +43,14 @@ def kinds(path: Path) -> list[str]:
     return [r.WhichOneof("record_type") for r in run_records(path)]
 
 
-def finished_records(path: Path, wait_s: float = 60.0) -> list[Any]:
-    """The records once the run's exit record is on disk: wandb's service may still be writing the file when
-    run.finish() returns (seen on a busy machine)."""
+def finished_run(path: Path, wait_s: float = 60.0) -> dict[str, Any]:
+    """The run once its exit record is on disk: wandb's service may still be writing the file when run.finish()
+    returns (seen on a busy machine)."""
     deadline = time.monotonic() + wait_s
     while True:
-        records = run_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
-            return records
+        run = offline_run(path)
+        if run["exited"] or time.monotonic() > deadline:
+            return run
         time.sleep(0.2)
 
 

@@ -15,73 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from superfilter.contracts import ADAPTER_DIR, EVAL_DIR, MODEL_DIR, MODEL_INFO_FILE, SCORES_FILE, SUBSET_FILE
 from superfilter.runs import read_run_summary
+from superfilter.tracking import offline_run
 
-BLOCK = 32768  # an offline run file is a LevelDB-style log: 32 KiB blocks of checksummed chunks
-FULL, FIRST, LAST = 1, 2, 4
 PROMPTS = ["Give three tips for staying healthy.", "What is the capital of France?",
            "Write a haiku about the sea."]
-
-
-def run_records(path: Path) -> list[Any]:
-    """Every protobuf record of an offline run file (run-<id>.wandb); wandb's Python API reads none offline."""
-    # deferred: wandb loads only to read its files
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    ident, _, _ = struct.unpack("<4sHB", data[:7])
-    if ident != b":W&B":
-        raise ValueError(f"{path}: not a W&B run file")
-    records, chunks, pos = [], b"", 7
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:  # zero padding to the block's end
-            pos += left
-            continue
-        if pos + 7 + length > len(data):  # a chunk still being written
-            break
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        chunks = payload if kind in (FULL, FIRST) else chunks + payload
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunks)
-            records.append(record)
-    return records
-
-
-def offline_run(path: Path) -> dict[str, Any]:
-    """Name, group, job type, tags, config, artifacts used and logged, logged keys and whether it exited."""
-    run: dict[str, Any] = {"used": [], "logged": [], "history": set(), "config": {}, "exited": False}
-    for record in run_records(path):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run.update(name=record.run.display_name, group=record.run.run_group, job_type=record.run.job_type,
-                       tags=list(record.run.tags))
-            run["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
-        elif kind == "config":
-            run["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
-        elif kind == "artifact" and record.artifact.type not in ("run_table", "wandb-history"):
-            entry = {"name": record.artifact.name, "type": record.artifact.type,
-                     "refs": [e.ref for e in record.artifact.manifest.contents]}
-            run["used" if record.artifact.use_after_commit else "logged"].append(entry)
-        elif kind == "history":
-            run["history"].update("/".join(i.nested_key) or i.key for i in record.history.item)
-        elif kind == "exit":
-            run["exited"] = True
-    return run
 
 
 def shell(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
