@@ -83,6 +83,7 @@ def facility_location(
     x: np.ndarray, k: int, metric: str = "euclidean", dense_max: int = 12_000, n_neighbors: int = 300,
 ) -> FacilityResult:
     """Greedily pick k rows of `x` maximising facility location (lazy greedy, as the authors' submodlib run).
+    k = n is a ranking, not the identity: a token budget takes the prefix of the greedy order that fits.
 
     Above `dense_max` rows the n × n matrix (8n² bytes) is replaced by a k-NN graph (about 2·n·n_neighbors
     entries); experiments/bench_facility_location measured both. Ties are broken by row order, so callers pass
@@ -94,8 +95,8 @@ def facility_location(
     n = x.shape[0]
     if not 0 < k <= n:
         raise ValueError(f"facility location: cannot choose {k} of {n} rows")
-    if k == n:
-        return FacilityResult(list(range(n)), "none", 0, float("nan"))
+    if n == 1:
+        return FacilityResult([0], "none", 0, float("nan"))
     sparse = n > dense_max
     similarity = knn_similarity(x, n_neighbors, metric) if sparse else dense_similarity(x, metric)
     log.info("facility location: %d of %d rows, %s similarity (%s)", k, n, "sparse" if sparse else "dense", metric)

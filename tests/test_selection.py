@@ -316,6 +316,18 @@ def test_a_token_budget_takes_the_longest_prefix_of_the_selectors_order_that_fit
         assert choice.details["next_tokens"] is None
 
 
+def test_superfilter_d_under_a_token_budget_ranks_by_diversity_not_by_ifd() -> None:
+    """The budget ranks every pooled record: facility location's greedy order (both clusters early), not the IFD
+    order it would return if choosing all of them were taken to need no choosing."""
+    tokens = response_tokens(EX.values())
+    cfg = SelectConfig(name="superfilter_d", budget_tokens=1000, pool_ratio=1.0)
+    diverse = select(table(), cfg, 0.1, 0, two_cluster_embed, tokens)
+    by_ifd = select(table(), SelectConfig(name="superfilter", budget_tokens=1000), 0.1, 0, None, tokens)
+    assert sorted(diverse.ids) == sorted(by_ifd.ids) and diverse.ids != by_ifd.ids
+    assert {LABEL[i] in "abcd" for i in diverse.ids[:2]} == {True, False}
+    assert diverse.details["similarity_mode"] == "dense"
+
+
 SELECTORS_WITH_SCORES = {"superfilter": True, "self_ifd": True, "perplexity": True, "superfilter_d": True,
                          "length": False, "random": False, "kmeans": False}
 
