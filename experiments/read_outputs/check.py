@@ -23,6 +23,7 @@ from pathlib import Path
 
 from superfilter.contracts import ADAPTER_DIR, EVAL_DIR, MODEL_DIR, MODEL_INFO_FILE, SCORES_FILE, SUBSET_FILE
 from superfilter.runs import read_run_summary
+from superfilter.runtime import choose_dtype
 from superfilter.tracking import offline_run
 
 PROMPTS = ["Give three tips for staying healthy.", "What is the capital of France?",
@@ -119,14 +120,19 @@ def check_peft(run: Run) -> list[str]:
 
 
 def check_lm_eval(run: Run) -> list[str]:
+    # deferred: torch loads only for the checks that need it
+    import torch
+
     evaluation = run.stages["eval"]
     model = run.stages["train"] / MODEL_DIR
     entries = json.loads((evaluation / EVAL_DIR / "lm_eval.json").read_text())["tasks"]
+    # The dtype the stage evaluated in (dtype=auto on this machine): bf16 and fp32 logits can order two answers apart.
+    dtype = str(choose_dtype("auto", torch.device("cpu")).dtype).removeprefix("torch.")
     lines = ["| task | limit | stage's value | lm_eval CLI | equal |", "|---|---|---|---|---|"]
     for entry in entries:
         metric = entry["headline"]["metric"]
         with tempfile.TemporaryDirectory() as tmp:
-            command = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+            command = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype={dtype}",
                        "--include_path", str(evaluation / EVAL_DIR / "lm_eval_tasks"), "--tasks", entry["rerun_task"],
                        "--device", "cpu", "--batch_size", "1", "--output_path", tmp]
             command += ["--limit", str(entry["limit"])] if entry["limit"] else []
@@ -135,13 +141,13 @@ def check_lm_eval(run: Run) -> list[str]:
             command += ["--fewshot_as_multiturn"] if entry["fewshot_as_multiturn"] else []
             shell(command, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
             result = json.loads(next(Path(tmp).rglob("results_*.json")).read_text())
+            shown = " ".join(command).replace(tmp, "<tmp>")
         ours = entry["headline"]["value"]
         block = result.get("groups", {}).get(entry["rerun_task"]) or result["results"][entry["rerun_task"]]
         theirs = block[metric]
         lines.append(f"| {entry['rerun_task']} | {entry['limit']} | {metric} {ours:.4f} | {theirs:.4f} "
                      f"| {'yes' if abs(ours - theirs) < 1e-9 else 'no'} |")
-        shown = " ".join(c for c in command[:-2] if "/" not in c or c.endswith(("model", "lm_eval_tasks")))
-        lines.insert(0, f"`{shown}` (paths shortened)")
+        lines.insert(0, f"`{shown}`")
     return lines
 
 
