@@ -147,7 +147,7 @@ def check_lm_eval(run: Run) -> list[str]:
         theirs = block[metric]
         lines.append(f"| {entry['rerun_task']} | {entry['limit']} | {metric} {ours:.4f} | {theirs:.4f} "
                      f"| {'yes' if abs(ours - theirs) < 1e-9 else 'no'} |")
-        lines.insert(0, f"`{shown}`")
+        lines[:0] = [f"`{shown}`", ""]
     return lines
 
 
