@@ -29,7 +29,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from superfilter.contracts import DEFAULT_MODEL, EXAMPLES_FILE, SCORES_FILE  # noqa: E402
 from superfilter.data import DataConfig, Example, load_examples, write_examples  # noqa: E402
 from superfilter.models import ModelConfig, load_model, model_from_name  # noqa: E402
-from superfilter.runtime import RuntimeConfig, choose_dtype, cpu_flags  # noqa: E402
+from superfilter.runtime import RuntimeConfig, choose_dtype, cpu_flags, peak_rss_mb  # noqa: E402
 from superfilter.scoring import ScoreConfig, make_engine, plan_records, score_examples, score_stage  # noqa: E402
 from superfilter.tracking import StageRun  # noqa: E402
 
@@ -188,13 +188,6 @@ def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
 
     return [Example.create(f"{i}: {words(3, 10)}", words(0, 6) if i % 3 == 0 else "", words(4, 20))
             for i in range(n)]
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def memory_child(n: int, workdir: Path) -> dict:

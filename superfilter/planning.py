@@ -53,7 +53,7 @@ from superfilter.plan import (
     train_memory,
 )
 from superfilter.presets import conf_dir
-from superfilter.runtime import GPU_MEMORY_GIB, RuntimeConfig, choose_dtype, resolve_device
+from superfilter.runtime import GPU_MEMORY_GIB, RuntimeConfig, choose_dtype, proc_status_mb, resolve_device
 from superfilter.scoring import AUTO_BATCH_TOKENS
 from superfilter.selection import budget_size
 from superfilter.stages import key_params
@@ -218,14 +218,8 @@ def host_memory() -> float:
 
 
 def resident_bytes() -> float:
-    """This process's resident memory now: what a stage on the CPU adds to."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0.0
+    """This process's resident memory now: what a stage on the CPU adds to (0 where /proc is absent)."""
+    return (proc_status_mb("VmRSS") or 0.0) * 2**20
 
 
 def model_dtype(name: str, hw: Hardware) -> str:

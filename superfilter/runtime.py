@@ -159,13 +159,18 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory since the last reset (VmHWM), in MB; None where /proc is absent."""
+def proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM, ...) in MB; None where /proc or the line is absent."""
     try:
         status = Path("/proc/self/status").read_text()
     except OSError:
         return None
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return None
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory since the last reset (VmHWM), in MB; None where /proc is absent."""
+    return proc_status_mb("VmHWM")
