@@ -33,7 +33,7 @@ from superfilter.runtime import (
     resolve_device,
 )
 from superfilter.scoring import score_stage
-from superfilter.selection import SELECTORS, select_stage, tokenizer_params
+from superfilter.selection import select_stage, tokenizer_params
 from superfilter.settings import FilterRunConfig, as_dict
 from superfilter.tracking import NAME_SEPARATOR, Reference, RunSpec, StageRun, stage_run, tag
 
@@ -79,9 +79,10 @@ def select_params(cfg: FilterRunConfig) -> dict[str, Any]:
         params["allow_empty"] = True
     if cfg.filter.budget_tokens:  # the strong model's tokenizer counts the budget
         params["tokenizer"] = tokenizer_params(cfg.model.strong)
-        if SELECTORS[cfg.filter.name].needs_embeddings:
+        if cfg.filter.name == "superfilter_d":
             # Before 2026-12-07 facility location left the pool in IFD order when it ranked all of it: such a
-            # superfilter_d subset was superfilter's, and must not be reused.
+            # subset was superfilter's, and must not be reused (the selector's only key change, not a version bump
+            # that would re-select and retrain every other subset).
             params["ranking"] = "greedy"
     return params
 

@@ -417,3 +417,14 @@ def test_the_api_and_the_command_line_take_a_token_budget(tmp_path: Path) -> Non
                                       "--budget-tokens-of", "example"])
     options = api_options(args)
     assert (options["budget_tokens"], options["budget_tokens_of"]) == (5000, "example")
+
+
+def test_superfilter_d_subsets_chosen_by_a_token_budget_before_the_ranking_fix_are_not_reused() -> None:
+    from superfilter.settings import FilterRunConfig
+    from superfilter.stages import select_params
+
+    def params(name: str, budget: int) -> dict:
+        return select_params(FilterRunConfig(filter=SelectConfig(name=name, budget_tokens=budget)))
+
+    assert params("superfilter_d", 100)["ranking"] == "greedy"
+    assert "ranking" not in params("superfilter", 100) and "ranking" not in params("superfilter_d", 0)

@@ -16,7 +16,8 @@ def launch(job_file: Path, runtime: RuntimeConfig, accelerate_config: str) -> No
     """`runtime.num_processes` ranks on this node (and as many on each follower node when num_nodes > 1); one
     process alone is started as plain `python -m train.rank`."""
     if resolve_device(runtime.device).type == "cpu" or runtime.world_size == 1:
-        # Ranks share the host's cores; oversubscribing them makes every rank slower than one process alone.
+        # Ranks share the host's cores; oversubscribing them makes every rank slower than one process alone. One
+        # process (CPU or GPU) needs no accelerate config: it starts as plain python (rank_command).
         threads = runtime.num_threads or max(1, (os.cpu_count() or 1) // runtime.num_processes)
         config = None
     else:
