@@ -36,6 +36,7 @@ from superfilter.scoring import (
     score_stage,
     token_budget_batches,
 )
+from superfilter.scoring.engine import Engine, head_logits, head_nll
 from superfilter.scoring.launcher import WORKER_JOB_FILE
 from superfilter.tracking import StageRun
 
@@ -198,6 +199,25 @@ def test_batch_of_one_equals_batch_of_eight(loaded) -> None:
     one = score_examples(examples, model, tokenizer, ScoreConfig(batch_tokens=1))
     eight = score_examples(examples, model, tokenizer, ScoreConfig(batch_tokens=wide))
     pd.testing.assert_frame_equal(one, eight, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bias, cap", [(False, None), (True, None), (False, 30.0)])
+def test_head_nll_in_reused_buffers_is_cross_entropy_bit_for_bit(bias: bool, cap: float | None) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias).to(torch.bfloat16)
+    model = type("Model", (), {"config": type("Config", (), {"final_logit_softcapping": cap})(),
+                               "get_output_embeddings": lambda self: head})()
+    engine = Engine(model, None, torch.device("cpu"), None)
+    pointers = []
+    for rows in (7, 3, 12):  # grows, reuses a prefix, grows again
+        hidden = torch.randn(rows, 16, dtype=torch.bfloat16)
+        targets = torch.randint(0, 50, (rows,))
+        with torch.inference_mode():
+            expected = torch.nn.functional.cross_entropy(head_logits(model, hidden).float(), targets,
+                                                         reduction="none")
+            assert torch.equal(head_nll(engine, hidden, targets), expected)
+        pointers.append(engine.buffers.take("log_probs", rows, head.weight, torch.float32).data_ptr())
+    assert pointers[0] == pointers[1]  # the smaller chunk reused the first buffer
 
 
 def test_boundaries_agree_exactly_where_tokens_agree(loaded) -> None:

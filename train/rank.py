@@ -26,10 +26,11 @@ from superfilter.runtime import choose_dtype, peak_rss_mb
 from superfilter.tracking import StageRun
 from train import report
 from train.batches import Step, accumulation_steps, plan, steps_per_epoch, total_steps
-from train.checkpoints import CHECKPOINT_DIR, resume, save_checkpoint, save_outputs
+from train.checkpoints import CHECKPOINT_DIR, resume, save_checkpoint, save_outputs, stage_tokenizer
 from train.collate import EncodeReport, encode_all
 from train.job import TrainJob, check_encoded, check_template, read_subset
 from train.lora import keep_adapter_inputs_in_half, make_trainable
+from train.loss import release_head_buffers
 from train.optim import make_optimizer, make_scheduler
 from train.precision import make_precision, weights_dtype
 from train.sharding import Strategy, build_model, check_world, shard
@@ -70,7 +71,9 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, world: World,
     encoded, enc_report = encode_all(examples, cfg.template, tokenizer, cfg.max_length, cfg.truncation)
     check_encoded(encoded, enc_report, tokenizer, Path(job.subset_path), cfg.template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    del tokenizer  # Gemma-3's 262k-word tokenizer holds 0.23 GB through training; save_outputs loads it again
+    if world.is_main:
+        stage_tokenizer(tokenizer, out_dir)
+    del tokenizer  # Gemma-3's 262k-word tokenizer holds 0.23 GB through training; model/ gets the staged files
     model = make_trainable(model, cfg)
     if precision.mode != "no":
         keep_adapter_inputs_in_half(model)
@@ -119,7 +122,7 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, world: World,
         if cfg.save_steps and step.index % cfg.save_steps == 0 and step.index < len(steps):
             save_checkpoint(trainer, out_dir, step.index, cfg.keep_checkpoints)
     loop_time = time.perf_counter() - loop_started
-
+    release_head_buffers()
     save_outputs(trainer, job, out_dir)
     host_peaks = world.gather(peak_rss_mb())
     result = {}
