@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -402,11 +404,53 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torc
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The spec's tokenizer as load_model returns it (right padding, EOS as pad where none, chat template rule)."""
+    """The spec's tokenizer as load_model returns it (right padding, EOS as pad where none, chat template rule).
+
+    A local folder's tokenizer is read once per process while its files stay the same (Gemma-3's 262k words take
+    3 s to load; a run's trained models all carry the same files): each call gets its own copy of the settings
+    (padding and truncation side, special tokens, chat template) over the shared vocabulary.
+    """
+    location, common, on_hub = _location(cfg)
+    if on_hub:
+        return _read_tokenizer(cfg, location, common, on_hub)
+    key = (_tokenizer_digest(Path(location)), cfg.trust_remote_code, cfg.chat_template)
+    if key not in _TOKENIZERS:
+        forget_tokenizers()
+        _TOKENIZERS[key] = _read_tokenizer(cfg, location, common, on_hub)
+    return _settings_copy(_TOKENIZERS[key])
+
+
+_TOKENIZERS: dict[tuple[str, bool, bool], Any] = {}  # the last local tokenizer read, by its files' content
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def forget_tokenizers() -> None:
+    """Drop the tokenizer load_tokenizer keeps (0.2 GB for Gemma-3), e.g. while another process trains."""
+    _TOKENIZERS.clear()
+
+
+def _tokenizer_digest(folder: Path) -> str:
+    """sha256 over the names and bytes of a model folder's files other than weights (what a tokenizer reads)."""
+    digest = hashlib.sha256()
+    for file in sorted(f for f in folder.iterdir() if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES)):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _settings_copy(tokenizer: Any) -> Any:
+    """A tokenizer whose attributes (and their dicts and lists) are its own; the backend (the vocabulary, the
+    Rust tokenizer, set up anew by every encoding call) is shared."""
+    clone = copy.copy(tokenizer)
+    for name, value in vars(tokenizer).items():
+        if isinstance(value, (dict, list, set)):
+            setattr(clone, name, copy.copy(value))
+    return clone
+
+
+def _read_tokenizer(cfg: ModelConfig, location: str, common: dict[str, Any], on_hub: bool) -> Any:
     # deferred: torch/transformers take seconds to import; loaded only when a model is
     from transformers import AutoTokenizer
 
-    location, common, on_hub = _location(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except OSError as error:  # what transformers raises for unreachable or unknown Hub repos

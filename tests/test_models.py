@@ -4,6 +4,7 @@ import filecmp
 import importlib.util
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from superfilter.models import (
     build_once,
     build_tiny_model,
     cache_dir,
+    forget_tokenizers,
     load_model,
+    load_tokenizer,
     model_from_name,
     resolve_model_dir,
 )
@@ -119,6 +122,36 @@ def test_tiny_chat_template_renders(arch: str, starts_with_bos: bool, private_ca
 def test_chat_template_can_be_switched_off(private_cache: Path) -> None:
     _, tokenizer = load_model(ModelConfig(source="tiny", path="llama", chat_template=False))
     assert tokenizer.chat_template is None
+
+
+def test_a_tokenizer_is_read_once_per_content_and_each_caller_owns_its_settings(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    import transformers
+
+    first = build_tiny_model("llama", tmp_path / "first")
+    second = tmp_path / "second"  # a trained model's folder: the same tokenizer files, other weights
+    shutil.copytree(first, second)
+    (second / "model.safetensors").write_bytes(b"other weights")
+    forget_tokenizers()
+    reads = []
+    read = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    mine = lambda folder: load_tokenizer(ModelConfig(name="mine", source="local", path=str(folder)))  # noqa: E731
+    a = mine(first)
+    pad = a.pad_token
+    a.padding_side, a.truncation_side, a.pad_token = "left", "left", a.convert_ids_to_tokens(5)
+    b = mine(second)
+    assert len(reads) == 1
+    assert (b.padding_side, b.truncation_side, b.pad_token) == ("right", "right", pad)
+    assert a("a b", padding="max_length", max_length=6)["input_ids"][0] == a.pad_token_id == 5
+    assert b("a b", padding="max_length", max_length=6)["input_ids"][-1] == b.pad_token_id != a.pad_token_id
+    (second / "tokenizer_config.json").write_text((second / "tokenizer_config.json").read_text().replace(
+        '"model_max_length"', '"padding_side": "left", "model_max_length"', 1))
+    mine(second)  # other files: read again
+    assert len(reads) == 2
+    forget_tokenizers()
 
 
 def test_tiny_is_cached_and_trainable(private_cache: Path) -> None:

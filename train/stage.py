@@ -8,7 +8,7 @@ from typing import Any
 
 from superfilter.artifacts import read_json, write_json_atomic
 from superfilter.contracts import LOSS_CURVE_FILE, TRAIN_METRICS_FILE, TRAIN_RESULT_FILE
-from superfilter.models import ModelConfig
+from superfilter.models import ModelConfig, forget_tokenizers
 from superfilter.runtime import RuntimeConfig
 from superfilter.tracking import StageRun
 from train import report
@@ -49,6 +49,7 @@ def train_stage(
     write_json_atomic(job_file, job.to_dict())
     if runtime.world_size == 1 and not own_process(runtime, model):
         return run(job, Path(out_dir), tracker)
+    forget_tokenizers()  # this process waits while the ranks train
     launch(job_file, runtime, cfg.accelerate_config)
     rows = report.read_metrics(Path(out_dir) / TRAIN_METRICS_FILE)
     for row in rows:
