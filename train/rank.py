@@ -21,6 +21,7 @@ from accelerate.utils import set_seed
 
 from superfilter.artifacts import read_json, write_json_atomic
 from superfilter.contracts import LOSS_CURVE_FILE, TRAIN_METRICS_FILE, TRAIN_RESULT_FILE
+from superfilter.models import forget_tokenizers
 from superfilter.progress import Meter
 from superfilter.runtime import choose_dtype, peak_rss_mb
 from superfilter.tracking import StageRun
@@ -74,6 +75,7 @@ def _train(job: TrainJob, out_dir: Path, tracker: StageRun | None, world: World,
     if world.is_main:
         stage_tokenizer(tokenizer, out_dir)
     del tokenizer  # Gemma-3's 262k-word tokenizer holds 0.23 GB through training; model/ gets the staged files
+    forget_tokenizers()
     model = make_trainable(model, cfg)
     if precision.mode != "no":
         keep_adapter_inputs_in_half(model)
