@@ -101,3 +101,12 @@ def test_no_random_at_a_budget_is_an_error_not_an_empty_report(tmp_path):
     job(tmp_path, "0", trained(tmp_path, "superfilter", 42), {"a": 1.0}, {"a": 1.0})
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "multirun"), "--out", str(tmp_path / "out")])
+
+
+def test_the_one_command_runs_what_the_readme_lists() -> None:
+    folder = ROOT / "experiments/cpu_selectors"
+    script = [line.split("#")[0].strip() for line in (folder / "run.sh").read_text().splitlines()
+              if line.startswith("python ")]
+    readme = (folder / "README.md").read_text().split("```bash\n")[1].split("```")[0]
+    listed = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("python ")]
+    assert script == listed and len(script) == 5
