@@ -417,11 +417,13 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     if key not in _TOKENIZERS:
         forget_tokenizers()
         _TOKENIZERS[key] = _read_tokenizer(cfg, location, common, on_hub)
-    return _settings_copy(_TOKENIZERS[key])
+    tokenizer = _settings_copy(_TOKENIZERS[key])
+    tokenizer.name_or_path = location  # another folder may have shared the files
+    return tokenizer
 
 
 _TOKENIZERS: dict[tuple[str, bool, bool], Any] = {}  # the last local tokenizer read, by its files' content
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 
 
 def forget_tokenizers() -> None:

@@ -145,6 +145,7 @@ def test_a_tokenizer_is_read_once_per_content_and_each_caller_owns_its_settings(
     b = mine(second)
     assert len(reads) == 1
     assert (b.padding_side, b.truncation_side, b.pad_token) == ("right", "right", pad)
+    assert (a.name_or_path, b.name_or_path) == (str(first), str(second))
     assert a("a b", padding="max_length", max_length=6)["input_ids"][0] == a.pad_token_id == 5
     assert b("a b", padding="max_length", max_length=6)["input_ids"][-1] == b.pad_token_id != a.pad_token_id
     (second / "tokenizer_config.json").write_text((second / "tokenizer_config.json").read_text().replace(

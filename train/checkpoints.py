@@ -36,15 +36,15 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 TOKENIZER_COPY = "tokenizer"  # under CHECKPOINT_DIR: the tokenizer as loaded for training, saved for model/
+CHECKPOINT_DONE = "_COMPLETE"
+LOOP_FILE = "loop.pt"  # scheduler and loss-scaler state (rank 0 writes, every rank reads)
+FP32_MERGE_BYTES = 2 * 2**30  # LoRA models up to this size in fp32 are merged and saved in fp32
 
 
 def stage_tokenizer(tokenizer, out_dir: Path) -> None:
     """Save the training tokenizer now, so that model/ gets its files without loading it again (a 262k-word
     tokenizer takes 3 s to load and 0.2 GB to hold through training)."""
     tokenizer.save_pretrained(out_dir / CHECKPOINT_DIR / TOKENIZER_COPY)
-CHECKPOINT_DONE = "_COMPLETE"
-LOOP_FILE = "loop.pt"  # scheduler and loss-scaler state (rank 0 writes, every rank reads)
-FP32_MERGE_BYTES = 2 * 2**30  # LoRA models up to this size in fp32 are merged and saved in fp32
 
 
 def checkpoint_dirs(out_dir: Path) -> list[tuple[int, Path]]:
