@@ -192,10 +192,6 @@ def write_outputs(model, job: TrainJob, out_dir: Path, serving: torch.dtype) -> 
         model = model.merge_and_unload() if isinstance(model, PeftModel) else model
     if model is not None:
         model.to(weights).save_pretrained(model_dir)
-    staged = out_dir / CHECKPOINT_DIR / TOKENIZER_COPY
-    if staged.is_dir():
-        for file in staged.iterdir():
-            shutil.copyfile(file, model_dir / file.name)
-    else:
-        load_tokenizer(job.model).save_pretrained(model_dir)
+    for file in (out_dir / CHECKPOINT_DIR / TOKENIZER_COPY).iterdir():  # stage_tokenizer, at the run's start
+        shutil.copyfile(file, model_dir / file.name)
     write_json_atomic(model_dir / MODEL_INFO_FILE, info)
