@@ -344,14 +344,19 @@ def test_train_presets_compose(preset):
 
 
 @pytest.mark.slow
-def test_training_in_a_process_of_its_own_gives_the_same_model_and_metrics(tmp_path):
+def test_training_in_a_process_of_its_own_gives_the_same_model_and_metrics(tmp_path, monkeypatch):
     """runtime.train_process=own (what `auto` picks for every real model): `python -m train.rank` in a fresh
-    process, its memory handed back when it ends; the model, the loss curve and the result are this process's."""
+    process, its memory handed back when it ends; the model, the loss curve and the result are this process's.
+    The stage folder is relative, as `artifact_root=artifacts` makes it, and the run starts outside the project."""
     from safetensors.torch import load_file
 
     cfg = TrainConfig(method="lora", lr=1e-2, max_steps=3, batch_size=4, micro_batch_size=4, save_steps=0)
     same, out_same = stage(tmp_path, records(8), cfg, "same", replace(CPU, train_process="same", num_threads=1))
-    own, out_own = stage(tmp_path, records(8), cfg, "own", replace(CPU, train_process="own", num_threads=1))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "own").mkdir()
+    out_own = Path("own")
+    own = train_stage(subset_file(tmp_path, records(8)), TINY, cfg, 0, replace(CPU, train_process="own",
+                                                                               num_threads=1), out_own, NO_TRACKING)
     ours, theirs = (load_file(d / "model" / "model.safetensors") for d in (out_own, out_same))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert [r["loss"] for r in metric_rows(out_own)] == [r["loss"] for r in metric_rows(out_same)]

@@ -22,5 +22,7 @@ def launch(job_file: Path, runtime: RuntimeConfig, accelerate_config: str) -> No
         config = None
     else:
         threads, config = None, accelerate_config_file(accelerate_config, "train.accelerate_config")
-    launch_ranks(RANK_MODULE, ["--job", str(job_file)], runtime.num_processes, "training ranks", threads=threads,
-                 accelerate_config=config, cwd=PROJECT_ROOT, runtime=runtime)
+    # The ranks start in the project folder, so a job path relative to this process (artifact_root=artifacts) is
+    # made absolute.
+    launch_ranks(RANK_MODULE, ["--job", str(job_file.resolve())], runtime.num_processes, "training ranks",
+                 threads=threads, accelerate_config=config, cwd=PROJECT_ROOT, runtime=runtime)
